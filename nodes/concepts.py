@@ -1,0 +1,3 @@
+"""Nodes: concepts."""
+
+NODES: list = []

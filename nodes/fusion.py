@@ -1,0 +1,3 @@
+"""Nodes: fusion."""
+
+NODES: list = []

@@ -1,0 +1,3 @@
+"""Nodes: regions."""
+
+NODES: list = []

@@ -1,0 +1,3 @@
+"""Nodes: training."""
+
+NODES: list = []

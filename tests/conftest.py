@@ -1,0 +1,102 @@
+"""Shared fixtures: a real ComfyUI in-process, small real-architecture models.
+
+``tests/unit`` needs none of this (pure ``omg_core``); the other layers boot
+ComfyUI once per session. Models are generated on first use and cached under
+``.cache/`` (see ``omg_core.tiny_checkpoints``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Appended, not prepended: the pack's ``nodes/`` folder must never shadow
+# ComfyUI's ``nodes`` module.
+for p in (REPO / "scripts", REPO):
+    if str(p) not in sys.path:
+        sys.path.append(str(p))
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint() -> Path:
+    from omg_core.tiny_checkpoints import tiny_checkpoint
+
+    return tiny_checkpoint("sd15")
+
+
+@pytest.fixture(scope="session")
+def comfy_models_dir(tmp_path_factory, sd15_checkpoint) -> Path:
+    """A models folder as ComfyUI sees it: checkpoints/ and loras/."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "checkpoints").mkdir()
+    (root / "loras").mkdir()
+    (root / "checkpoints" / sd15_checkpoint.name).symlink_to(sd15_checkpoint)
+    return root
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_models_dir, tmp_path_factory):
+    """ComfyUI booted in this process (CPU) with the pack's nodes registered."""
+    import comfy_host
+
+    comfy_host.boot(models_dir=comfy_models_dir, output_dir=tmp_path_factory.mktemp("output"))
+    import nodes
+
+    return nodes
+
+
+@pytest.fixture(scope="session")
+def host(comfy):
+    """Runs API-format prompts through ComfyUI's own validator and executor."""
+    import comfy_host
+
+    return comfy_host.InProcessHost()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy):
+    import comfy_host
+
+    return comfy_host.object_info_in_process()
+
+
+@pytest.fixture(scope="session")
+def sd15(comfy, sd15_checkpoint):
+    """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint, loaded by ComfyUI.
+
+    Session-scoped like a checkpoint a user loaded once: tests must clone,
+    never mutate — which is also what the pack promises."""
+    import comfy.sd
+    import folder_paths
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(sd15_checkpoint), embedding_directory=folder_paths.get_folder_paths("embeddings")
+    )
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def sdxl_inprocess(comfy):
+    """A small model of ComfyUI's real SDXL class (6.7 M parameters), wrapped in
+    a ModelPatcher; SDXL-family checkpoints of detectable size are ~3 GB."""
+    from omg_core.tiny_checkpoints import build_sdxl_inprocess
+
+    return build_sdxl_inprocess(seed=0)
+
+
+def encode(clip, text: str):
+    """CONDITIONING for a prompt, as CLIPTextEncode makes it."""
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def sample(model, positive, negative, width=64, height=64, steps=4, seed=0, batch=1, cfg=7.0):
+    """Latent from ComfyUI's own KSampler path (``nodes.common_ksampler``)."""
+    import nodes
+    import torch
+
+    latent = {"samples": torch.zeros(batch, 4, height // 8, width // 8)}
+    return nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]["samples"]

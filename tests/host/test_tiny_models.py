@@ -1,0 +1,28 @@
+"""The small models the suite stands on are what ComfyUI takes them for."""
+
+import torch
+from conftest import encode, sample
+
+
+def test_tiny_sd15_checkpoint_is_detected_as_sd15_with_finite_outputs(sd15):
+    import comfy.supported_models
+
+    model, clip, vae = sd15
+    assert isinstance(model.model.model_config, comfy.supported_models.SD15)
+    a, b = encode(clip, "a red circle"), encode(clip, "a blue square")
+    assert torch.isfinite(a[0][0]).all()
+    assert not torch.allclose(a[0][0], b[0][0]), "different prompts must give different conditioning"
+    latent = sample(model, a, encode(clip, ""))
+    image = vae.decode(latent)
+    assert image.shape == (1, 64, 64, 3)
+    assert torch.isfinite(image).all()
+
+
+def test_inprocess_sdxl_samples_finite_latents(sdxl_inprocess):
+    import comfy.model_base
+
+    from omg_core.tiny_checkpoints import sdxl_conditioning
+
+    assert isinstance(sdxl_inprocess.model, comfy.model_base.SDXL)
+    latent = sample(sdxl_inprocess, sdxl_conditioning(seed=1), sdxl_conditioning(seed=2))
+    assert torch.isfinite(latent).all()
