@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 import torch
 
@@ -123,7 +122,7 @@ class DenseUpdate:
         return replace(self, scale=self.scale * factor)
 
 
-LayerUpdate = Union[LowRankUpdate, KroneckerUpdate, DenseUpdate]
+LayerUpdate = LowRankUpdate | KroneckerUpdate | DenseUpdate
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ DEV_PKGS=(pytest pytest-timeout hypothesis ruff playwright numpy)
 pip_install() {
   # The machine's pip config names local wheel stores that may be absent; their
   # warnings are noise.
-  pip_install "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
+  "$PY" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
 }
 log() { printf '[setup] %s\n' "$*" >&2; }
 
