@@ -114,6 +114,12 @@ class InProcessHost:
         return None if entry is None else entry.outputs
 
 
+def temp_directory() -> str:
+    import folder_paths
+
+    return folder_paths.get_temp_directory()
+
+
 def object_info_in_process() -> dict:
     import nodes
     import server

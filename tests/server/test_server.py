@@ -1,0 +1,71 @@
+"""The pack inside a real ComfyUI server: ``main.py`` on a loopback port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import comfy_host
+import demo_assets
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = comfy_host.prepare_base_directory(tmp_path_factory.mktemp("comfy-base"))
+    demo_assets.ensure_demo_models(base / "models")
+    host = comfy_host.ServerHost(base)
+    host.start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def server_object_info(server):
+    return server.get("/object_info")
+
+
+def pack_node_ids(object_info: dict) -> set[str]:
+    return {name for name, info in object_info.items() if info.get("python_module", "").endswith(comfy_host.PACK_NAME)}
+
+
+def test_object_info_lists_every_pack_node(server_object_info, object_info):
+    expected = pack_node_ids(object_info)
+    assert expected, "the pack registered no nodes in-process"
+    assert pack_node_ids(server_object_info) == expected
+    for name in expected:
+        info = server_object_info[name]
+        assert info["category"].startswith("OMG"), name
+        assert info["display_name"].startswith("OMG "), name
+
+
+def test_web_directory_is_served(server):
+    extensions = server.get("/extensions")
+    assert any(e.startswith(f"/extensions/{comfy_host.PACK_NAME}/") for e in extensions)
+
+
+def test_workflow_templates_lists_every_example(server):
+    templates = server.get("/workflow_templates")
+    listed = set(templates.get(comfy_host.PACK_NAME, []))
+    assert listed == {p.stem for p in WORKFLOWS}
+
+
+def test_there_are_example_workflows():
+    assert any(p.name == "omg_two_concepts_regions.json" for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_runs_through_prompt_api(server, server_object_info, workflow_path):
+    workflow = json.loads(workflow_path.read_text())
+    prompt = comfy_host.workflow_to_api(workflow, server_object_info)
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success"
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+    assert saved, f"{workflow_path.name} saved no image"
+    for img in saved:
+        path = server.base_dir / "output" / img.get("subfolder", "") / img["filename"]
+        assert path.stat().st_size > 0
