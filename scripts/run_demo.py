@@ -16,8 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO / "scripts"))
 
-import comfy_host  # noqa: E402
 import demo_assets  # noqa: E402
+
+import comfy_host  # noqa: E402
 
 DEFAULT_WORKFLOW = "omg_two_concepts_regions.json"
 DEMO_HOME = REPO / ".cache" / "demo"
