@@ -100,3 +100,15 @@ def sample(model, positive, negative, width=64, height=64, steps=4, seed=0, batc
 
     latent = {"samples": torch.zeros(batch, 4, height // 8, width // 8)}
     return nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (multi-GB checkpoints) run only with OMG_SLOW=1."""
+    import os
+
+    if os.environ.get("OMG_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set OMG_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

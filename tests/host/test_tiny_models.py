@@ -1,5 +1,6 @@
 """The small models the suite stands on are what ComfyUI takes them for."""
 
+import pytest
 import torch
 from conftest import encode, sample
 
@@ -26,3 +27,21 @@ def test_inprocess_sdxl_samples_finite_latents(sdxl_inprocess):
     assert isinstance(sdxl_inprocess.model, comfy.model_base.SDXL)
     latent = sample(sdxl_inprocess, sdxl_conditioning(seed=1), sdxl_conditioning(seed=2))
     assert torch.isfinite(latent).all()
+
+
+@pytest.mark.slow
+def test_generated_sdxl_checkpoint_is_detected_as_sdxl_family(comfy):
+    """The smallest SDXL-family layout ComfyUI detects (~3 GB with both text
+    encoders), written by the same builder as the SD1.5 one."""
+    import comfy.sd
+    import comfy.supported_models
+    from omg_core.tiny_checkpoints import tiny_checkpoint
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoint("sdxl")))
+    assert isinstance(model.model.model_config, comfy.supported_models.SDXL)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a red circle"), return_pooled=True)
+    assert cond.shape[-1] == 2048 and pooled.shape[-1] == 1280
+    assert torch.isfinite(cond).all()
+    positive = [[cond, {"pooled_output": pooled, "width": 64, "height": 64}]]
+    latent = sample(model, positive, positive)
+    assert torch.isfinite(vae.decode(latent)).all()
