@@ -201,11 +201,12 @@ def _short(layer: str) -> str:
 
 
 def _matrix_lines(names: list[str], m: torch.Tensor) -> list[str]:
-    width = max(8, *(len(n) for n in names)) + 1
-    out = [" " * width + "".join(n[: width - 1].rjust(width) for n in names)]
+    row_w = min(24, max(8, *(len(n) for n in names))) + 1
+    col_w = min(12, max(7, *(len(n) for n in names))) + 1
+    out = [" " * row_w + "".join(n[: col_w - 1].rjust(col_w) for n in names)]
     for i, n in enumerate(names):
-        cells = ["—".rjust(width) if math.isnan(v) else f"{v:.3f}".rjust(width) for v in m[i].tolist()]
-        out.append(n[: width - 1].ljust(width) + "".join(cells))
+        cells = ["-".rjust(col_w) if math.isnan(v) else f"{v:.3f}".rjust(col_w) for v in m[i].tolist()]
+        out.append(n[: row_w - 1].ljust(row_w) + "".join(cells))
     return out
 
 
