@@ -1,0 +1,678 @@
+// The canvas editor inside the "OMG Regions" node (see ../omg_regions.js).
+//
+// It keeps no copy of the boxes between gestures: every redraw reads the node's
+// `boxes` widget, so whatever sets that value (loading a workflow, paste, undo,
+// another extension) is what the user sees. During a drag the edited rectangle
+// lives here, and the widget is written once when the gesture ends.
+
+import {
+  EMPTY_DOCUMENT,
+  LATENT_GRID,
+  clamp,
+  fromPixels,
+  moveRect,
+  parseBoxes,
+  promptLines,
+  rectFromFields,
+  regionColour,
+  resizeRect,
+  serialiseBoxes,
+  shortLabel,
+  spanRect,
+  toPixels,
+  withBoxes,
+} from "./boxes.js";
+
+const STYLE_ID = "omg-regions-style";
+const CSS = `
+.omg-regions { display: flex; flex-direction: column; gap: 4px; box-sizing: border-box; min-height: 250px;
+  font: 12px sans-serif; color: #ddd; }
+.omg-regions-stage { position: relative; flex: 1 1 auto; min-height: 190px; user-select: none; }
+.omg-regions-stage canvas { position: absolute; inset: 0; width: 100%; height: 100%; outline: none;
+  touch-action: none; border-radius: 4px; }
+.omg-regions-bar { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 6px; flex: 0 0 auto; }
+.omg-regions-bar label { display: inline-flex; align-items: center; gap: 2px; }
+.omg-regions-bar input[type=number] { width: 4.4em; background: #222; color: #ddd; border: 1px solid #555;
+  border-radius: 3px; padding: 1px 2px; font: inherit; }
+.omg-regions-bar input:disabled { opacity: 0.45; }
+.omg-regions-sel { min-width: 2.2em; font-weight: bold; }
+.omg-regions-status { opacity: 0.75; margin-left: auto; }
+.omg-regions-error { display: none; flex-direction: column; gap: 4px; flex: 1 1 auto; padding: 6px;
+  border: 1px solid #e6194b; border-radius: 4px; background: #3a1218; color: #ffd7dc; }
+.omg-regions.invalid .omg-regions-error { display: flex; }
+.omg-regions.invalid .omg-regions-stage, .omg-regions.invalid .omg-regions-bar { display: none; }
+.omg-regions-error textarea { flex: 1 1 auto; min-height: 60px; background: #1c1c1c; color: #eee;
+  font: 11px monospace; border: 1px solid #744; resize: none; }
+.omg-regions-error button { background: #333; color: #eee; border: 1px solid #777; border-radius: 3px;
+  padding: 2px 8px; cursor: pointer; }
+`;
+
+const HANDLE = 4; // half size of a resize handle, layout px
+const GRAB = 7; // grab tolerance around handles and edges, layout px
+const PAD = 10; // free space around the image area for handles
+
+const CURSORS = { n: "ns-resize", s: "ns-resize", e: "ew-resize", w: "ew-resize", ne: "nesw-resize",
+  sw: "nesw-resize", nw: "nwse-resize", se: "nwse-resize", move: "move", draw: "crosshair", close: "pointer" };
+
+function injectStyle() {
+  if (document.getElementById(STYLE_ID)) return;
+  const style = document.createElement("style");
+  style.id = STYLE_ID;
+  style.textContent = CSS;
+  document.head.appendChild(style);
+}
+
+function el(tag, props = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), props);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+// One timer for all editors: picks up values set without a callback
+// (workflow load, paste, undo) in the Vue renderer, where onDraw is not called.
+const liveEditors = new Set();
+let pollTimer = null;
+function track(editor, on) {
+  if (on) liveEditors.add(editor);
+  else liveEditors.delete(editor);
+  if (liveEditors.size && !pollTimer) pollTimer = setInterval(() => liveEditors.forEach((e) => e.sync()), 250);
+  if (!liveEditors.size && pollTimer) {
+    clearInterval(pollTimer);
+    pollTimer = null;
+  }
+}
+
+export class RegionCanvas {
+  constructor(node, { commit }) {
+    injectStyle();
+    this.node = node;
+    this.commit = commit;
+    this.selected = -1;
+    this.drag = null;
+    this.signature = null;
+    this.parsed = { ok: true, doc: { version: 1, boxes: [] } };
+    this.build();
+    track(this, true);
+    this.resizeObserver = new ResizeObserver(() => this.draw());
+    this.resizeObserver.observe(this.stage);
+  }
+
+  // ------------------------------------------------------------------ DOM
+  build() {
+    this.canvas = el("canvas", { tabIndex: 0, className: "omg-regions-canvas" });
+    this.canvas.dataset.omgRegions = "canvas";
+    this.stage = el("div", { className: "omg-regions-stage" }, [this.canvas]);
+
+    this.fields = {};
+    const fieldNodes = ["x", "y", "w", "h"].map((k) => {
+      const input = el("input", { type: "number", step: 1, min: 0, disabled: true, title: `${k} in pixels` });
+      input.dataset.field = k;
+      input.addEventListener("change", () => this.applyFields());
+      input.addEventListener("keydown", (e) => e.stopPropagation());
+      this.fields[k] = input;
+      return el("label", {}, [k, input]);
+    });
+    this.selLabel = el("span", { className: "omg-regions-sel", title: "selected region" });
+    this.snapBox = el("input", { type: "checkbox", title: "snap to the 8 px latent grid" });
+    this.snapBox.checked = this.snap;
+    this.snapBox.addEventListener("change", () => {
+      this.node.properties = this.node.properties ?? {};
+      this.node.properties.omg_snap_to_grid = this.snapBox.checked;
+      this.updateFieldSteps();
+      this.draw();
+    });
+    this.status = el("span", { className: "omg-regions-status" });
+    this.bar = el("div", { className: "omg-regions-bar" }, [
+      this.selLabel,
+      ...fieldNodes,
+      el("label", { title: "snap to the 8 px latent grid" }, [this.snapBox, "snap 8px"]),
+      this.status,
+    ]);
+
+    this.errorText = el("div", { className: "omg-regions-error-text" });
+    this.rawText = el("textarea", { spellcheck: false });
+    this.rawText.addEventListener("keydown", (e) => e.stopPropagation());
+    const apply = el("button", { textContent: "Apply", title: "store this text as the boxes value" });
+    apply.addEventListener("click", () => this.writeRaw(this.rawText.value));
+    const reset = el("button", { textContent: "Clear all boxes", title: "replace the value with an empty box list" });
+    reset.addEventListener("click", () => this.writeRaw(EMPTY_DOCUMENT));
+    this.errorPanel = el("div", { className: "omg-regions-error" }, [
+      this.errorText,
+      this.rawText,
+      el("div", {}, [apply, " ", reset]),
+    ]);
+
+    this.element = el("div", { className: "omg-regions" }, [this.stage, this.errorPanel, this.bar]);
+    this.element.dataset.omgRegions = "editor";
+
+    for (const type of ["pointerdown", "pointermove", "pointerup", "pointercancel"]) {
+      this.canvas.addEventListener(type, (e) => this.onPointer(e));
+    }
+    this.canvas.addEventListener("pointerleave", () => {
+      if (!this.drag) this.canvas.style.cursor = "";
+    });
+    this.canvas.addEventListener("keydown", (e) => this.onKey(e));
+    // In the Vue renderer a pointerdown that bubbles to the node starts a node
+    // drag; inside the editor it belongs to the editor.
+    for (const type of ["pointerdown", "pointermove", "pointerup", "dblclick"]) {
+      this.element.addEventListener(type, (e) => e.stopPropagation());
+    }
+  }
+
+  minHeight() {
+    return 260;
+  }
+
+  dispose() {
+    track(this, false);
+    this.resizeObserver.disconnect();
+  }
+
+  get snap() {
+    return this.node.properties?.omg_snap_to_grid !== false;
+  }
+
+  // ---------------------------------------------------------------- values
+  widgetNamed(name) {
+    return this.node.widgets?.find((w) => w.name === name);
+  }
+
+  inputLinked(name) {
+    const slot = this.node.inputs?.find((i) => i.name === name || i.widget?.name === name);
+    return slot && slot.link != null ? slot : null;
+  }
+
+  /** A number fed into a widget's input socket by a widget-holding node (Int, Primitive). */
+  linkedNumber(name) {
+    const slot = this.inputLinked(name);
+    const graph = this.node.graph;
+    if (!slot || !graph) return undefined;
+    const link = graph.links?.get ? graph.links.get(slot.link) : graph.links?.[slot.link];
+    const origin = link && graph.getNodeById?.(link.origin_id);
+    const w = origin?.widgets?.find((x) => x.name === "value" || x.name === name);
+    const v = Number(w?.value);
+    return Number.isFinite(v) && v > 0 ? v : undefined;
+  }
+
+  imageSize() {
+    const read = (name) => {
+      const v = this.linkedNumber(name) ?? Number(this.widgetNamed(name)?.value);
+      return Number.isFinite(v) && v > 0 ? v : 512;
+    };
+    return { W: read("width"), H: read("height") };
+  }
+
+  boxesText() {
+    return this.widgetNamed("boxes")?.value;
+  }
+
+  promptText() {
+    return this.inputLinked("region_prompts") ? "" : (this.widgetNamed("region_prompts")?.value ?? "");
+  }
+
+  /** Redraw if anything the picture depends on changed since the last look. */
+  sync() {
+    if (this.drag) return;
+    const { W, H } = this.imageSize();
+    const sig = JSON.stringify([W, H, this.boxesText(), this.promptText(), !!this.inputLinked("boxes"), this.snap]);
+    if (sig === this.signature) return;
+    this.signature = sig;
+    this.refresh();
+  }
+
+  refresh() {
+    this.parsed = this.inputLinked("boxes")
+      ? { ok: false, linked: true, error: "the boxes come from a connected input; disconnect it to draw here" }
+      : parseBoxes(this.boxesText());
+    const invalid = !this.parsed.ok;
+    this.element.classList.toggle("invalid", invalid);
+    if (invalid) {
+      this.errorText.textContent = `Region boxes: ${this.parsed.error}.` +
+        (this.parsed.linked ? "" : " Fix the JSON below and press Apply, or clear the boxes.");
+      this.rawText.style.display = this.parsed.linked ? "none" : "";
+      if (document.activeElement !== this.rawText) this.rawText.value = String(this.boxesText() ?? "");
+    }
+    const n = this.boxes().length;
+    if (this.selected >= n) this.selected = n - 1;
+    this.snapBox.checked = this.snap;
+    this.updateFields();
+    this.draw();
+  }
+
+  boxes() {
+    return this.parsed.ok ? this.parsed.doc.boxes : [];
+  }
+
+  /** Store a new box list in the `boxes` widget and record one undo step. */
+  writeBoxes(boxes) {
+    this.writeRaw(serialiseBoxes(withBoxes(this.parsed.doc, boxes)));
+  }
+
+  writeRaw(text) {
+    const w = this.widgetNamed("boxes");
+    if (!w) return;
+    setWidgetValue(w, text);
+    this.signature = null;
+    this.sync();
+    this.commit();
+  }
+
+  // ------------------------------------------------------------- geometry
+  layout() {
+    const cw = this.canvas.clientWidth;
+    const ch = this.canvas.clientHeight;
+    const { W, H } = this.imageSize();
+    const aw = Math.max(1, cw - 2 * PAD);
+    const ah = Math.max(1, ch - 2 * PAD);
+    let iw = aw;
+    let ih = (aw * H) / W;
+    if (ih > ah) {
+      ih = ah;
+      iw = (ah * W) / H;
+    }
+    return { cw, ch, W, H, ix: (cw - iw) / 2, iy: (ch - ih) / 2, iw, ih, k: iw / W };
+  }
+
+  /** Layout-px rectangle of a pixel rectangle. */
+  toLayout(L, r) {
+    return { x0: L.ix + r.x0 * L.k, y0: L.iy + r.y0 * L.k, x1: L.ix + r.x1 * L.k, y1: L.iy + r.y1 * L.k };
+  }
+
+  eventPoint(e) {
+    const rect = this.canvas.getBoundingClientRect();
+    const sx = rect.width ? this.canvas.clientWidth / rect.width : 1;
+    const sy = rect.height ? this.canvas.clientHeight / rect.height : 1;
+    return { x: (e.clientX - rect.left) * sx, y: (e.clientY - rect.top) * sy };
+  }
+
+  closeButton(L, r) {
+    const b = this.toLayout(L, r);
+    const inside = b.x1 - b.x0 >= 44 && b.y1 - b.y0 >= 30;
+    const cx = inside ? b.x1 - 10 : Math.min(L.cw - 8, b.x1 + 9);
+    const cy = inside ? b.y0 + 10 : Math.max(8, b.y0 - 9);
+    return { cx, cy, r: 7 };
+  }
+
+  /** What a pointer at layout point `p` would grab. */
+  hitTest(L, p) {
+    const boxes = this.boxes();
+    const sel = this.selected;
+    if (sel >= 0 && sel < boxes.length) {
+      const r = toPixels(boxes[sel], L.W, L.H);
+      const c = this.closeButton(L, r);
+      if (Math.hypot(p.x - c.cx, p.y - c.cy) <= c.r + 2) return { mode: "close", index: sel };
+      const b = this.toLayout(L, r);
+      const nearX0 = Math.abs(p.x - b.x0) <= GRAB;
+      const nearX1 = Math.abs(p.x - b.x1) <= GRAB;
+      const nearY0 = Math.abs(p.y - b.y0) <= GRAB;
+      const nearY1 = Math.abs(p.y - b.y1) <= GRAB;
+      const inX = p.x >= b.x0 - GRAB && p.x <= b.x1 + GRAB;
+      const inY = p.y >= b.y0 - GRAB && p.y <= b.y1 + GRAB;
+      let h = "";
+      if (inX && inY) h = (nearY0 ? "n" : nearY1 ? "s" : "") + (nearX0 ? "w" : nearX1 ? "e" : "");
+      if (h) return { mode: "resize", handle: h, index: sel };
+      if (p.x >= b.x0 && p.x <= b.x1 && p.y >= b.y0 && p.y <= b.y1) return { mode: "move", index: sel };
+    }
+    for (let i = boxes.length - 1; i >= 0; i--) {
+      const b = this.toLayout(L, toPixels(boxes[i], L.W, L.H));
+      if (p.x >= b.x0 && p.x <= b.x1 && p.y >= b.y0 && p.y <= b.y1) return { mode: "move", index: i };
+    }
+    return { mode: "draw", index: -1 };
+  }
+
+  // ----------------------------------------------------------- interaction
+  onPointer(e) {
+    if (!this.parsed.ok) return;
+    const L = this.layout();
+    const p = this.eventPoint(e);
+    const px = { x: (p.x - L.ix) / L.k, y: (p.y - L.iy) / L.k };
+    if (e.type === "pointerdown") {
+      if (e.button !== 0) return;
+      e.stopPropagation();
+      this.canvas.focus({ preventScroll: true });
+      const hit = this.hitTest(L, p);
+      if (hit.mode === "close") {
+        this.deleteBox(hit.index);
+        return;
+      }
+      this.canvas.setPointerCapture?.(e.pointerId);
+      if (hit.mode === "draw") {
+        this.selected = -1;
+        const start = { x: clamp(px.x, 0, L.W), y: clamp(px.y, 0, L.H) };
+        this.drag = { mode: "draw", start, startLayout: p, rect: null };
+      } else {
+        this.selected = hit.index;
+        const orig = toPixels(this.boxes()[hit.index], L.W, L.H);
+        this.drag = { mode: hit.mode, handle: hit.handle, index: hit.index, start: px, orig, rect: orig };
+      }
+      this.updateFields();
+      this.draw();
+      return;
+    }
+    if (e.type === "pointermove") {
+      if (!this.drag) {
+        this.canvas.style.cursor = CURSORS[this.hoverCursor(L, p)] ?? "";
+        return;
+      }
+      e.stopPropagation();
+      this.dragTo(L, px, p);
+      this.draw();
+      return;
+    }
+    // pointerup / pointercancel
+    if (!this.drag) return;
+    e.stopPropagation();
+    const drag = this.drag;
+    this.drag = null;
+    if (e.type === "pointerup") this.dragTo(L, px, p);
+    if (e.type === "pointercancel" || !drag.rect) {
+      this.draw();
+      return;
+    }
+    this.finishDrag(L, drag);
+  }
+
+  hoverCursor(L, p) {
+    const hit = this.hitTest(L, p);
+    return hit.mode === "resize" ? hit.handle : hit.mode;
+  }
+
+  dragTo(L, px, p) {
+    const d = this.drag;
+    if (!d) return;
+    if (d.mode === "draw") {
+      // A click (or a tiny jitter) is not a box.
+      if (Math.hypot(p.x - d.startLayout.x, p.y - d.startLayout.y) < 4) return;
+      d.rect = spanRect(d.start, px, L.W, L.H, this.snap);
+    } else if (d.mode === "move") {
+      d.rect = moveRect(d.orig, px.x - d.start.x, px.y - d.start.y, L.W, L.H, this.snap);
+    } else if (d.mode === "resize") {
+      d.rect = resizeRect(d.orig, d.handle, px, L.W, L.H, this.snap);
+    }
+    if (d.index >= 0) this.updateFields(d.rect);
+  }
+
+  finishDrag(L, d) {
+    const boxes = this.boxes().slice();
+    if (d.mode === "draw") {
+      const m = Math.min(LATENT_GRID, L.W, L.H);
+      if (d.rect.x1 - d.rect.x0 < m || d.rect.y1 - d.rect.y0 < m) {
+        this.draw();
+        return;
+      }
+      boxes.push(fromPixels({}, d.rect, L.W, L.H));
+      this.selected = boxes.length - 1;
+    } else {
+      const r = d.rect;
+      if (r.x0 === d.orig.x0 && r.y0 === d.orig.y0 && r.x1 === d.orig.x1 && r.y1 === d.orig.y1) {
+        this.draw();
+        return;
+      }
+      boxes[d.index] = fromPixels(boxes[d.index], r, L.W, L.H);
+    }
+    this.writeBoxes(boxes);
+  }
+
+  onKey(e) {
+    if (!this.parsed.ok) return;
+    const n = this.boxes().length;
+    const sel = this.selected >= 0 && this.selected < n ? this.selected : -1;
+    if ((e.key === "Delete" || e.key === "Backspace") && sel >= 0) {
+      e.preventDefault();
+      e.stopPropagation();
+      this.deleteBox(sel);
+    } else if (e.key === "Escape" && sel >= 0) {
+      e.stopPropagation();
+      this.selected = -1;
+      this.updateFields();
+      this.draw();
+    } else if (e.key === "Tab" && n > 0 && !e.ctrlKey && !e.altKey) {
+      e.preventDefault();
+      e.stopPropagation();
+      this.selected = sel < 0 ? (e.shiftKey ? n - 1 : 0) : (sel + (e.shiftKey ? n - 1 : 1)) % n;
+      this.updateFields();
+      this.draw();
+    } else if (e.key.startsWith("Arrow") && sel >= 0) {
+      e.preventDefault();
+      e.stopPropagation();
+      const { W, H } = this.imageSize();
+      const step = this.snap || e.shiftKey ? LATENT_GRID : 1;
+      const dx = e.key === "ArrowLeft" ? -step : e.key === "ArrowRight" ? step : 0;
+      const dy = e.key === "ArrowUp" ? -step : e.key === "ArrowDown" ? step : 0;
+      const boxes = this.boxes().slice();
+      const r = moveRect(toPixels(boxes[sel], W, H), dx, dy, W, H, false);
+      boxes[sel] = fromPixels(boxes[sel], r, W, H);
+      this.writeBoxes(boxes);
+    }
+  }
+
+  /** Remove box i and, so later boxes keep their prompts, prompt line i. */
+  deleteBox(i) {
+    const boxes = this.boxes().slice();
+    if (i < 0 || i >= boxes.length) return;
+    boxes.splice(i, 1);
+    const promptWidget = this.widgetNamed("region_prompts");
+    if (promptWidget && !this.inputLinked("region_prompts")) {
+      const lines = promptLines(promptWidget.value);
+      if (i < lines.length && lines.length > 1) {
+        lines.splice(i, 1);
+        setWidgetValue(promptWidget, lines.join("\n"));
+      } else if (i < lines.length) {
+        setWidgetValue(promptWidget, "");
+      }
+    }
+    this.selected = boxes.length ? Math.min(i, boxes.length - 1) : -1;
+    this.writeBoxes(boxes);
+  }
+
+  // ------------------------------------------------------- numeric fields
+  updateFieldSteps() {
+    for (const input of Object.values(this.fields)) input.step = this.snap ? LATENT_GRID : 1;
+  }
+
+  updateFields(rectOverride) {
+    const boxes = this.boxes();
+    const sel = this.selected >= 0 && this.selected < boxes.length ? this.selected : -1;
+    const { W, H } = this.imageSize();
+    this.updateFieldSteps();
+    this.selLabel.textContent = sel >= 0 ? `#${sel + 1}` : "—";
+    this.selLabel.style.color = sel >= 0 ? regionColour(sel) : "";
+    const r = rectOverride ?? (sel >= 0 ? toPixels(boxes[sel], W, H) : null);
+    const vals = r ? { x: r.x0, y: r.y0, w: r.x1 - r.x0, h: r.y1 - r.y0 } : null;
+    for (const [k, input] of Object.entries(this.fields)) {
+      input.disabled = !vals;
+      if (document.activeElement !== input) input.value = vals ? String(Math.round(vals[k] * 100) / 100) : "";
+    }
+    const lines = promptLines(this.promptText()).filter((l, idx, all) => idx < all.length - 1 || l.trim());
+    const n = boxes.length;
+    let text = `${W}×${H} · ${n} box${n === 1 ? "" : "es"}`;
+    if (!this.inputLinked("region_prompts") && lines.length !== n) text += ` · ${lines.length} prompt lines`;
+    this.status.textContent = text;
+  }
+
+  applyFields() {
+    const boxes = this.boxes().slice();
+    const sel = this.selected;
+    if (sel < 0 || sel >= boxes.length) return;
+    const { W, H } = this.imageSize();
+    const f = Object.fromEntries(Object.entries(this.fields).map(([k, input]) => [k, input.value]));
+    const r = rectFromFields(f, W, H);
+    if (!r) {
+      this.updateFields();
+      return;
+    }
+    boxes[sel] = fromPixels(boxes[sel], r, W, H);
+    this.writeBoxes(boxes);
+  }
+
+  // -------------------------------------------------------------- drawing
+  draw() {
+    const c = this.canvas;
+    const cw = c.clientWidth;
+    const ch = c.clientHeight;
+    if (!cw || !ch) return;
+    const rect = c.getBoundingClientRect();
+    const zoom = rect.width ? rect.width / cw : 1;
+    const scale = Math.max(1, (window.devicePixelRatio || 1) * zoom);
+    const bw = Math.round(cw * scale);
+    const bh = Math.round(ch * scale);
+    if (c.width !== bw || c.height !== bh) {
+      c.width = bw;
+      c.height = bh;
+    }
+    const ctx = c.getContext("2d");
+    ctx.setTransform(scale, 0, 0, scale, 0, 0);
+    ctx.clearRect(0, 0, cw, ch);
+    ctx.fillStyle = "#161616";
+    ctx.fillRect(0, 0, cw, ch);
+    if (!this.parsed.ok) return;
+
+    const L = this.layout();
+    ctx.fillStyle = "#2a2a2a";
+    ctx.fillRect(L.ix, L.iy, L.iw, L.ih);
+    this.drawGrid(ctx, L);
+    ctx.strokeStyle = "#666";
+    ctx.lineWidth = 1;
+    ctx.strokeRect(L.ix + 0.5, L.iy + 0.5, L.iw - 1, L.ih - 1);
+
+    const boxes = this.boxes();
+    const lines = promptLines(this.promptText());
+    const order = boxes.map((_, i) => i).filter((i) => i !== this.selected);
+    if (this.selected >= 0 && this.selected < boxes.length) order.push(this.selected);
+    for (const i of order) {
+      let r = toPixels(boxes[i], L.W, L.H);
+      if (this.drag && this.drag.index === i && this.drag.rect) r = this.drag.rect;
+      const text = shortLabel(boxes[i].label ?? lines[i] ?? "");
+      this.drawBox(ctx, L, r, i, text, i === this.selected);
+    }
+    if (this.drag?.mode === "draw" && this.drag.rect) {
+      this.drawBox(ctx, L, this.drag.rect, boxes.length, shortLabel(lines[boxes.length] ?? ""), false, true);
+    }
+    if (!boxes.length && !this.drag?.rect) {
+      ctx.fillStyle = "#9a9a9a";
+      ctx.font = "14px sans-serif";
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.fillText("drag to draw a region", L.ix + L.iw / 2, L.iy + L.ih / 2);
+    }
+  }
+
+  drawGrid(ctx, L) {
+    // The 8 px latent grid when it is large enough to see, else every 64 px.
+    const cell = L.k * LATENT_GRID >= 6 ? LATENT_GRID : 64;
+    if (!this.snap || L.k * cell < 6) return;
+    ctx.strokeStyle = "rgba(255,255,255,0.06)";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let x = cell; x < L.W; x += cell) {
+      const X = Math.round(L.ix + x * L.k) + 0.5;
+      ctx.moveTo(X, L.iy);
+      ctx.lineTo(X, L.iy + L.ih);
+    }
+    for (let y = cell; y < L.H; y += cell) {
+      const Y = Math.round(L.iy + y * L.k) + 0.5;
+      ctx.moveTo(L.ix, Y);
+      ctx.lineTo(L.ix + L.iw, Y);
+    }
+    ctx.stroke();
+  }
+
+  drawBox(ctx, L, r, i, text, selected, provisional = false) {
+    const colour = regionColour(i);
+    const b = this.toLayout(L, r);
+    const w = b.x1 - b.x0;
+    const h = b.y1 - b.y0;
+    ctx.save();
+    ctx.globalAlpha = selected ? 0.3 : 0.2;
+    ctx.fillStyle = colour;
+    ctx.fillRect(b.x0, b.y0, w, h);
+    ctx.globalAlpha = 1;
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = selected ? 3 : 2;
+    if (provisional) ctx.setLineDash([5, 4]);
+    ctx.strokeRect(b.x0, b.y0, w, h);
+    ctx.setLineDash([]);
+
+    // Tag: the region number, then the first words of its prompt line.
+    ctx.beginPath();
+    ctx.rect(b.x0, b.y0, w, h);
+    ctx.clip();
+    ctx.font = "bold 12px sans-serif";
+    ctx.textBaseline = "middle";
+    ctx.textAlign = "left";
+    const num = String(i + 1);
+    const numW = ctx.measureText(num).width + 8;
+    ctx.fillStyle = colour;
+    ctx.fillRect(b.x0, b.y0, numW, 17);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(num, b.x0 + 4, b.y0 + 9);
+    ctx.font = "11px sans-serif";
+    const shown = fitText(ctx, text, w - numW - 8);
+    if (shown) {
+      const tw = ctx.measureText(shown).width + 8;
+      ctx.fillStyle = "rgba(0,0,0,0.55)";
+      ctx.fillRect(b.x0 + numW, b.y0, tw, 17);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(shown, b.x0 + numW + 4, b.y0 + 9);
+    }
+    ctx.restore();
+
+    if (selected) {
+      ctx.fillStyle = "#fff";
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = 1.5;
+      const xs = [b.x0, (b.x0 + b.x1) / 2, b.x1];
+      const ys = [b.y0, (b.y0 + b.y1) / 2, b.y1];
+      for (const x of xs) {
+        for (const y of ys) {
+          if (x === xs[1] && y === ys[1]) continue;
+          ctx.fillRect(x - HANDLE, y - HANDLE, 2 * HANDLE, 2 * HANDLE);
+          ctx.strokeRect(x - HANDLE, y - HANDLE, 2 * HANDLE, 2 * HANDLE);
+        }
+      }
+      const c = this.closeButton(L, r);
+      ctx.beginPath();
+      ctx.arc(c.cx, c.cy, c.r, 0, 2 * Math.PI);
+      ctx.fillStyle = "#222";
+      ctx.fill();
+      ctx.strokeStyle = colour;
+      ctx.stroke();
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 1.6;
+      ctx.beginPath();
+      ctx.moveTo(c.cx - 3, c.cy - 3);
+      ctx.lineTo(c.cx + 3, c.cy + 3);
+      ctx.moveTo(c.cx + 3, c.cy - 3);
+      ctx.lineTo(c.cx - 3, c.cy + 3);
+      ctx.stroke();
+    }
+  }
+}
+
+/** The longest prefix of `text` (cut at a word when possible, with "…") that fits `width`. */
+function fitText(ctx, text, width) {
+  if (!text || width < 12) return "";
+  if (ctx.measureText(text).width <= width) return text;
+  let words = text.replace(/…$/, "").split(" ");
+  while (words.length > 1) {
+    words = words.slice(0, -1);
+    const candidate = words.join(" ") + "…";
+    if (ctx.measureText(candidate).width <= width) return candidate;
+  }
+  let chars = words[0];
+  while (chars.length > 1) {
+    chars = chars.slice(0, -1);
+    if (ctx.measureText(chars + "…").width <= width) return chars + "…";
+  }
+  return "";
+}
+
+/** Set a widget's value the way a user edit does, so both renderers follow. */
+function setWidgetValue(widget, value) {
+  const old = widget.value;
+  widget.value = value;
+  // In the Vue renderer the callback also refreshes the node's Vue state.
+  widget.callback?.(value);
+  const node = widget.node;
+  node?.onWidgetChanged?.(widget.name, value, old, widget);
+}
