@@ -11,6 +11,10 @@
 export const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
 export const LATENT_GRID = 8;
 export const EMPTY_DOCUMENT = '{"version": 1, "boxes": []}';
+// The backend's limit on regions per node (omg_core.regions.MAX_REGIONS).
+export const MAX_BOXES = 16;
+// Coordinates this close outside 0..1 are on the border (as the backend reads them).
+const EDGE_TOLERANCE = 1e-6;
 
 export function regionColour(index) {
   return PALETTE[((index % PALETTE.length) + PALETTE.length) % PALETTE.length];
@@ -31,10 +35,12 @@ export function parseBoxes(text) {
   } catch (e) {
     return { ok: false, error: `not valid JSON (${e.message})` };
   }
-  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
+  // The backend also reads a bare list of boxes and a missing version as version 1.
+  if (Array.isArray(doc)) doc = { version: 1, boxes: doc };
+  if (typeof doc !== "object" || doc === null) {
     return { ok: false, error: 'expected an object like {"version": 1, "boxes": [...]}' };
   }
-  if (doc.version !== 1) {
+  if (doc.version !== undefined && doc.version !== 1) {
     return { ok: false, error: `unsupported version ${JSON.stringify(doc.version)} (this editor reads version 1)` };
   }
   if (!Array.isArray(doc.boxes)) {
@@ -50,13 +56,16 @@ export function parseBoxes(text) {
       if (typeof b[k] !== "number" || !Number.isFinite(b[k])) {
         return { ok: false, error: `${where}: "${k}" must be a number, got ${JSON.stringify(b[k])}` };
       }
-      if (b[k] < 0 || b[k] > 1) {
+      if (b[k] < -EDGE_TOLERANCE || b[k] > 1 + EDGE_TOLERANCE) {
         return { ok: false, error: `${where}: "${k}" = ${b[k]} is outside 0..1 (coordinates are fractions of the image)` };
       }
     }
     if (!(b.x0 < b.x1) || !(b.y0 < b.y1)) {
       return { ok: false, error: `${where}: needs x0 < x1 and y0 < y1` };
     }
+  }
+  if (doc.boxes.length > MAX_BOXES) {
+    return { ok: false, error: `${doc.boxes.length} boxes: at most ${MAX_BOXES} regions are supported` };
   }
   return { ok: true, doc };
 }
@@ -74,7 +83,8 @@ const round6 = (v) => Math.round(v * 1e6) / 1e6;
 
 /** Pixel rectangle {x0, y0, x1, y1} of a normalised box in a W x H image. */
 export function toPixels(box, W, H) {
-  return { x0: box.x0 * W, y0: box.y0 * H, x1: box.x1 * W, y1: box.y1 * H };
+  const c = (v) => clamp(v, 0, 1);
+  return { x0: c(box.x0) * W, y0: c(box.y0) * H, x1: c(box.x1) * W, y1: c(box.y1) * H };
 }
 
 /** The stored box with its corners replaced by the pixel rectangle `px`. */
@@ -159,7 +169,14 @@ export function shortLabel(line, maxChars = 28) {
   return (space > maxChars / 2 ? cut.slice(0, space) : cut) + "…";
 }
 
-/** Region prompt lines as the backend pairs them with boxes (line i <-> box i). */
+/** Lines of a region prompt text; line i belongs to box i. */
 export function promptLines(text) {
-  return String(text ?? "").split(/\r?\n/);
+  return String(text ?? "").split(/\r\n|\r|\n/);
+}
+
+/** How many prompts the backend counts: trailing empty lines do not count. */
+export function promptCount(text) {
+  const lines = promptLines(text).map((l) => l.trim());
+  while (lines.length && !lines[lines.length - 1]) lines.pop();
+  return lines.length;
 }

@@ -8,10 +8,12 @@
 import {
   EMPTY_DOCUMENT,
   LATENT_GRID,
+  MAX_BOXES,
   clamp,
   fromPixels,
   moveRect,
   parseBoxes,
+  promptCount,
   promptLines,
   rectFromFields,
   regionColour,
@@ -37,6 +39,7 @@ const CSS = `
 .omg-regions-bar input:disabled { opacity: 0.45; }
 .omg-regions-sel { min-width: 2.2em; font-weight: bold; }
 .omg-regions-status { opacity: 0.75; margin-left: auto; }
+.omg-regions-status.warn { opacity: 1; color: #f5a623; }
 .omg-regions-error { display: none; flex-direction: column; gap: 4px; flex: 1 1 auto; padding: 6px;
   border: 1px solid #e6194b; border-radius: 4px; background: #3a1218; color: #ffd7dc; }
 .omg-regions.invalid .omg-regions-error { display: flex; }
@@ -71,6 +74,10 @@ function el(tag, props = {}, children = []) {
 // One timer for all editors: picks up values set without a callback
 // (workflow load, paste, undo) in the Vue renderer, where onDraw is not called.
 const liveEditors = new Set();
+// Editors of removed nodes, by node id. Undo reloads the graph with new node
+// objects under the same ids, and the Vue renderer may keep the old widget
+// element mounted; the new editor then takes the old element's place.
+const retired = new Map();
 let pollTimer = null;
 function track(editor, on) {
   if (on) liveEditors.add(editor);
@@ -166,6 +173,17 @@ export class RegionCanvas {
   dispose() {
     track(this, false);
     this.resizeObserver.disconnect();
+    for (const [id, e] of retired) if (!e.element.isConnected) retired.delete(id);
+    if (this.node.id != null && this.node.id !== -1) retired.set(this.node.id, this);
+  }
+
+  /** Take the place of a removed node's editor still mounted for this node id. */
+  adoptMountPoint() {
+    if (this.element.isConnected) return;
+    const old = retired.get(this.node.id);
+    if (!old || old === this || !old.element.isConnected) return;
+    retired.delete(this.node.id);
+    old.element.replaceWith(this.element);
   }
 
   get snap() {
@@ -213,6 +231,7 @@ export class RegionCanvas {
   /** Redraw if anything the picture depends on changed since the last look. */
   sync() {
     if (this.drag) return;
+    this.adoptMountPoint();
     const { W, H } = this.imageSize();
     const sig = JSON.stringify([W, H, this.boxesText(), this.promptText(), !!this.inputLinked("boxes"), this.snap]);
     if (sig === this.signature) return;
@@ -234,6 +253,9 @@ export class RegionCanvas {
     }
     const n = this.boxes().length;
     if (this.selected >= n) this.selected = n - 1;
+    // What the editor shows, readable from outside (tests, other extensions).
+    this.element.dataset.boxCount = String(n);
+    this.element.dataset.state = invalid ? "error" : "ok";
     this.snapBox.checked = this.snap;
     this.updateFields();
     this.draw();
@@ -338,6 +360,11 @@ export class RegionCanvas {
       this.canvas.setPointerCapture?.(e.pointerId);
       if (hit.mode === "draw") {
         this.selected = -1;
+        if (this.boxes().length >= MAX_BOXES) {
+          this.updateFields();
+          this.draw();
+          return;
+        }
         const start = { x: clamp(px.x, 0, L.W), y: clamp(px.y, 0, L.H) };
         this.drag = { mode: "draw", start, startLayout: p, rect: null };
       } else {
@@ -446,20 +473,18 @@ export class RegionCanvas {
     }
   }
 
-  /** Remove box i and, so later boxes keep their prompts, prompt line i. */
+  /** Remove box i and, so later boxes keep their prompts, line i of the prompt texts. */
   deleteBox(i) {
     const boxes = this.boxes().slice();
     if (i < 0 || i >= boxes.length) return;
     boxes.splice(i, 1);
-    const promptWidget = this.widgetNamed("region_prompts");
-    if (promptWidget && !this.inputLinked("region_prompts")) {
-      const lines = promptLines(promptWidget.value);
-      if (i < lines.length && lines.length > 1) {
-        lines.splice(i, 1);
-        setWidgetValue(promptWidget, lines.join("\n"));
-      } else if (i < lines.length) {
-        setWidgetValue(promptWidget, "");
-      }
+    for (const name of ["region_prompts", "region_negative_prompts"]) {
+      const w = this.widgetNamed(name);
+      if (!w || this.inputLinked(name)) continue;
+      const lines = promptLines(w.value);
+      if (i >= lines.length || (lines.length === 1 && !lines[0])) continue;
+      lines.splice(i, 1);
+      setWidgetValue(w, lines.join("\n"));
     }
     this.selected = boxes.length ? Math.min(i, boxes.length - 1) : -1;
     this.writeBoxes(boxes);
@@ -483,11 +508,14 @@ export class RegionCanvas {
       input.disabled = !vals;
       if (document.activeElement !== input) input.value = vals ? String(Math.round(vals[k] * 100) / 100) : "";
     }
-    const lines = promptLines(this.promptText()).filter((l, idx, all) => idx < all.length - 1 || l.trim());
     const n = boxes.length;
+    const lines = promptCount(this.promptText());
+    const mismatch = !this.inputLinked("region_prompts") && lines !== n;
     let text = `${W}×${H} · ${n} box${n === 1 ? "" : "es"}`;
-    if (!this.inputLinked("region_prompts") && lines.length !== n) text += ` · ${lines.length} prompt lines`;
+    if (mismatch) text += ` · ${lines} prompt line${lines === 1 ? "" : "s"}: write one line per box`;
+    if (n >= MAX_BOXES) text += ` · at most ${MAX_BOXES} boxes`;
     this.status.textContent = text;
+    this.status.classList.toggle("warn", mismatch);
   }
 
   applyFields() {
