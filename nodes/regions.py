@@ -1,3 +1,173 @@
-"""Nodes: regions."""
+"""Nodes: regions — where each region prompt applies, and the attention patch
+that keeps it there."""
 
-NODES: list = []
+from comfy_api.latest import io
+
+from omg_core.attention_patch import MODES, regional_prompting
+from omg_core.region_images import render_preview
+from omg_core.regions import mask_region, regions_from_widgets
+
+Regions = io.Custom("OMG_REGIONS")
+Concepts = io.Custom("OMG_CONCEPTS")
+
+DEFAULT_BOXES = (
+    '{"version": 1, "boxes": [{"x0": 0.05, "y0": 0.1, "x1": 0.45, "y1": 0.9}, '
+    '{"x0": 0.55, "y0": 0.1, "x1": 0.95, "y1": 0.9}]}'
+)
+DEFAULT_PROMPTS = "a photo of omgcat cat\na photo of omgdog dog"
+
+
+class OMGRegions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OMGRegions",
+            display_name="OMG Regions",
+            category="OMG/regions",
+            description="Boxes drawn on the node, one prompt per box. Outputs the regions and a preview of where they fall.",
+            inputs=[
+                io.Int.Input(
+                    "width", default=512, min=64, max=8192, step=8, tooltip="Image width in pixels (as in the latent)."
+                ),
+                io.Int.Input(
+                    "height",
+                    default=512,
+                    min=64,
+                    max=8192,
+                    step=8,
+                    tooltip="Image height in pixels (as in the latent).",
+                ),
+                io.String.Input(
+                    "boxes",
+                    default=DEFAULT_BOXES,
+                    tooltip='Region boxes as JSON, coordinates 0..1 (x right, y down): {"version": 1, "boxes": '
+                    '[{"x0", "y0", "x1", "y1"}, ...]}; optional per box: weight, ratio (0..1), feather (pixels), '
+                    "label. Drawn with the canvas on this node.",
+                ),
+                io.String.Input(
+                    "region_prompts",
+                    multiline=True,
+                    default=DEFAULT_PROMPTS,
+                    tooltip="One line per box: line 1 is the prompt of box 1, line 2 of box 2, …",
+                ),
+                io.String.Input(
+                    "region_negative_prompts",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="Optional, one line per box: a negative prompt used inside that box. "
+                    "An empty or missing line keeps the global negative there.",
+                ),
+                Regions.Input(
+                    "regions",
+                    optional=True,
+                    tooltip="Regions from another OMG Regions / OMG Mask Region node; they follow this node's boxes.",
+                ),
+            ],
+            outputs=[
+                Regions.Output(display_name="regions", tooltip="The regions, for OMG Apply Regional Attention."),
+                io.Image.Output(display_name="mask_preview", tooltip="Where each region falls, numbered and coloured."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, width, height, boxes, region_prompts, region_negative_prompts="", regions=None) -> io.NodeOutput:
+        spec = regions_from_widgets(width, height, boxes, region_prompts, region_negative_prompts or "", regions)
+        return io.NodeOutput(spec, render_preview(spec))
+
+
+class OMGMaskRegion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OMGMaskRegion",
+            display_name="OMG Mask Region",
+            category="OMG/regions",
+            description="A region from a MASK instead of a box.",
+            inputs=[
+                io.Mask.Input("mask", tooltip="Where the prompt applies (white = inside); covers the whole image."),
+                io.String.Input("prompt", multiline=True, default="", tooltip="What belongs inside the mask."),
+                io.Float.Input(
+                    "weight",
+                    default=1.0,
+                    min=0.0,
+                    max=10.0,
+                    step=0.05,
+                    tooltip="Share against overlapping regions; below 1 it also blends with the global prompt.",
+                ),
+                io.Int.Input(
+                    "feather",
+                    default=0,
+                    min=0,
+                    max=1024,
+                    step=1,
+                    tooltip="Pixels over which the mask fades in from its edge (inward).",
+                ),
+                io.Float.Input(
+                    "ratio",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Replace ratio: 1 replaces the global prompt inside the mask, 0 keeps it.",
+                ),
+                io.String.Input(
+                    "negative_prompt",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="Optional negative prompt inside the mask; empty keeps the global negative.",
+                ),
+                Regions.Input("regions", optional=True, tooltip="Regions this one is added after."),
+            ],
+            outputs=[Regions.Output(display_name="regions", tooltip="The regions, with this mask region last.")],
+        )
+
+    @classmethod
+    def execute(cls, mask, prompt, weight, feather, ratio, negative_prompt="", regions=None) -> io.NodeOutput:
+        return io.NodeOutput(mask_region(mask, prompt, weight, feather, ratio, negative_prompt or "", regions))
+
+
+class OMGApplyRegionalAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OMGApplyRegionalAttention",
+            display_name="OMG Apply Regional Attention",
+            category="OMG/regions",
+            description="Confines each region's prompt to its region with a cross-attention patch "
+            "(one UNet pass per step). Use the MODEL and the positive CONDITIONING it returns.",
+            inputs=[
+                io.Model.Input("model", tooltip="Fused mode: the fused model. Routed mode: the base model."),
+                io.Clip.Input("clip", tooltip="Fused mode: the fused CLIP. Routed mode: the base CLIP."),
+                Regions.Input("regions", tooltip="From OMG Regions or OMG Mask Region."),
+                io.String.Input(
+                    "base_prompt",
+                    multiline=True,
+                    default="a photo of a cat and a dog in a garden",
+                    tooltip="The global prompt: the whole image, and everything outside the regions.",
+                ),
+                io.Combo.Input(
+                    "mode",
+                    options=list(MODES),
+                    default="fused",
+                    tooltip="fused: every prompt uses the model as given (the fused concepts). routed: each region "
+                    "uses only the concept whose trigger word it contains (its own k/v), the global prompt the base "
+                    "model — no cross-talk by construction.",
+                ),
+                Concepts.Input("concepts", optional=True, tooltip="Routed mode: the concepts regions may use."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="A patched clone; the input model is unchanged."),
+                io.Conditioning.Output(display_name="positive", tooltip="The global prompt, for the sampler."),
+                io.Image.Output(display_name="mask_preview", tooltip="Where each region falls."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, regions, base_prompt, mode, concepts=None) -> io.NodeOutput:
+        patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts)
+        return io.NodeOutput(patched, positive, render_preview(regions))
+
+
+NODES = [OMGRegions, OMGMaskRegion, OMGApplyRegionalAttention]

@@ -1,0 +1,444 @@
+"""The bridge to ComfyUI for regional attention: cross-attention patches on a
+ModelPatcher clone. Imports ComfyUI lazily, inside functions.
+
+Design. The positive CONDITIONING stays an ordinary one (the global prompt);
+the region prompts' text features are held by the patch, one ``attn2``
+replacement per cross-attention block, found by walking the model (SD1.x/2.x
+and SDXL, every transformer depth). Inside a block the patch
+
+1. computes the global attention exactly as ComfyUI would (same kernel, same
+   arguments — so "no regions" is bit-identical to plain sampling);
+2. for the conditional batch chunks, projects each region's text features
+   with this block's own ``to_k``/``to_v`` (so fused weights, LoRA patches and
+   lowvram weight casting all apply as they do to the global prompt) and
+   attends with only the queries inside the region's bounding box;
+3. for the unconditional chunks, does the same with the region's negative
+   prompt where one is set (otherwise the global negative stands);
+4. mixes the results by the shares of ``omg_core.regions``.
+
+Holding the region features in the patch rather than concatenating them into
+the conditioning keeps the positive and negative the same token length:
+ComfyUI pads mismatched lengths by repetition (to their LCM) and refuses to
+batch cond with uncond when that padding exceeds 4×, so a concatenated layout
+would make the uncond pass attend to repeated tokens and, from four regions
+on, run cond and uncond as two UNet passes.
+
+*Routed* mode gives each region the cross-attention k/v of its own concept
+only: ``k_i = W ctx_i + ΔW_i ctx_i`` with W the (base) model's weight as the
+block computes it and ``ΔW_i ctx_i`` precomputed once, so a region's k/v do
+not depend on any other concept — zero cross-talk by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from omg_core.attention import mix_region, region_attention, token_attention
+from omg_core.concept import Concept, is_cross_attention_kv
+from omg_core.regions import RegionCells, RegionSpec, bind_regions, rasterize
+
+MODES = ("fused", "routed")
+_BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
+COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
+
+
+@dataclass(frozen=True, eq=False)
+class CrossAttentionLayer:
+    """One cross-attention block of the UNet.
+
+    ``key`` is ComfyUI's patch key (block name, block number, index in the
+    block's transformer stack); ``order`` is its position in execution order
+    — input blocks, middle, output blocks — which is also Mix-of-Show's
+    layer numbering (SD1.5: 0–5 down, 6 middle, 7–15 up)."""
+
+    key: tuple[str, int, int]
+    path: str  # e.g. "input_blocks.1.1.transformer_blocks.0.attn2"
+    module: torch.nn.Module
+    order: int
+    heads: int
+    context_dim: int
+
+
+@dataclass(frozen=True, eq=False)
+class RegionPrompt:
+    """A region's text features: ``cond`` [1, T, D] for the positive branch and
+    ``uncond`` (its negative prompt) or None to keep the global negative there."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor | None = None
+
+
+def cross_attention_layers(model) -> list[CrossAttentionLayer]:
+    """Every cross-attention block of a ModelPatcher's UNet, in execution order."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    unet = model.model.diffusion_model
+    found = []
+    for name, module in unet.named_modules():
+        if not isinstance(module, BasicTransformerBlock) or module.attn2 is None:
+            continue
+        parts = name.split(".")
+        if len(parts) < 3 or parts[-2] != "transformer_blocks":
+            continue
+        if parts[0] == "input_blocks":
+            key = ("input", int(parts[1]), int(parts[-1]))
+        elif parts[0] == "middle_block":
+            key = ("middle", 0, int(parts[-1]))
+        elif parts[0] == "output_blocks":
+            key = ("output", int(parts[1]), int(parts[-1]))
+        else:
+            continue
+        attn2 = module.attn2
+        found.append((key, f"{name}.attn2", attn2, attn2.heads, attn2.to_k.in_features))
+    if not found:
+        raise ValueError(
+            "regional attention needs a UNet with cross-attention blocks (SD1.x, SD2.x, SDXL); "
+            f"this model ({type(model.model).__name__}) has none"
+        )
+    found.sort(key=lambda f: (_BLOCK_ORDER[f[0][0]], f[0][1], f[0][2]))
+    return [CrossAttentionLayer(key, path, mod, i, heads, dim) for i, (key, path, mod, heads, dim) in enumerate(found)]
+
+
+def attention_grid(extra_options: dict, n_queries: int) -> tuple[int, int]:
+    """The (h, w) attention grid of this block, from the transformer options:
+    the activations' shape when present, otherwise the latent's shape halved
+    with ceil (stride-2 convolutions) until it holds ``n_queries`` cells."""
+    shape = extra_options.get("activations_shape")
+    if shape is not None and len(shape) == 4 and shape[2] * shape[3] == n_queries:
+        return int(shape[2]), int(shape[3])
+    original = extra_options.get("original_shape")
+    if original is not None and len(original) >= 4:
+        h, w = int(original[-2]), int(original[-1])
+        while h * w > n_queries:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        if h * w == n_queries:
+            return h, w
+    raise ValueError(
+        f"cannot tell the attention grid of {n_queries} queries from the transformer options "
+        f"(activations {shape}, latent {original}); regional attention supports image UNets only"
+    )
+
+
+class AttentionRecorder:
+    """Collects cross-attention maps of chosen prompt tokens while sampling.
+
+    ``tokens`` maps a label to ``(region, positions)``: region index in the
+    spec (None for the global prompt) and token positions in that prompt's
+    features. Maps are averaged over heads, batch rows, layers and steps, and
+    a region's tokens are recorded where they are attended — inside its box.
+    """
+
+    def __init__(self, tokens: dict[str, tuple[int | None, Sequence[int]]]):
+        self.tokens = {label: (region, list(pos)) for label, (region, pos) in tokens.items()}
+        self._sums: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._counts: dict[tuple[str, int, int], int] = {}
+
+    def wants(self, region: int | None) -> list[tuple[str, list[int]]]:
+        return [(label, pos) for label, (r, pos) in self.tokens.items() if r == region]
+
+    def add(self, label: str, h: int, w: int, values: torch.Tensor, cells: RegionCells | None = None) -> None:
+        """``values`` [B, n, P]: probabilities of n queries (the whole grid, or
+        ``cells``' box) on P token positions."""
+        full = torch.zeros(h, w)
+        part = values.float().mean(dim=(0, 2)).cpu()
+        if cells is None:
+            full = part.reshape(h, w)
+        else:
+            (r0, r1), (c0, c1) = cells.rows, cells.cols
+            full[r0:r1, c0:c1] = part.reshape(r1 - r0, c1 - c0)
+        key = (label, h, w)
+        self._sums[key] = self._sums.get(key, 0) + full
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def maps(self, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Each label's map [height, width]: the mean over attention resolutions
+        of the mean map at that resolution, resized bilinearly."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for (label, h, w), total in self._sums.items():
+            mean = total / self._counts[(label, h, w)]
+            resized = torch.nn.functional.interpolate(mean[None, None], (height, width), mode="bilinear")
+            out.setdefault(label, []).append(resized[0, 0])
+        return {label: torch.stack(ms).mean(0) for label, ms in out.items()}
+
+
+class RegionalAttention:
+    """State shared by the per-block patches of one regional model.
+
+    Immutable after construction apart from caches that depend only on it, so
+    ModelPatcher's deep copies of model options share it (copying would also
+    copy the UNet modules it refers to)."""
+
+    def __init__(
+        self,
+        spec: RegionSpec,
+        prompts: Sequence[RegionPrompt],
+        routed: dict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
+        recorder: AttentionRecorder | None = None,
+    ):
+        self.spec = spec
+        self.prompts = list(prompts)
+        self.routed = routed or {}
+        self.recorder = recorder
+        self.has_negatives = any(p.uncond is not None for p in self.prompts)
+        self._cells: dict[tuple[int, int], list[RegionCells]] = {}
+        self._moved: dict[tuple, torch.Tensor] = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def cells(self, h: int, w: int) -> list[RegionCells]:
+        if (h, w) not in self._cells:
+            self._cells[(h, w)] = rasterize(self.spec, h, w)
+        return self._cells[(h, w)]
+
+    def _on(self, name: tuple, tensor: torch.Tensor, device, dtype) -> torch.Tensor:
+        key = (*name, str(device), dtype)
+        if key not in self._moved:
+            self._moved[key] = tensor.to(device=device, dtype=dtype)
+        return self._moved[key]
+
+    def region_kv(self, layer: CrossAttentionLayer, index: int, branch: int, device, dtype):
+        prompt = self.prompts[index]
+        ctx = prompt.cond if branch == COND else prompt.uncond
+        if ctx is None:
+            return None
+        ctx = self._on(("ctx", index, branch), ctx, device, dtype)
+        k, v = layer.module.to_k(ctx), layer.module.to_v(ctx)
+        dk, dv = self.routed.get((layer.path, index, branch), (None, None))
+        if dk is not None:
+            k = k + self._on(("dk", layer.path, index, branch), dk, device, dtype)
+        if dv is not None:
+            v = v + self._on(("dv", layer.path, index, branch), dv, device, dtype)
+        return k, v
+
+    def attend(self, layer: CrossAttentionLayer, previous, q, k, v, extra_options: dict) -> torch.Tensor:
+        import comfy.ldm.modules.attention as comfy_attention
+
+        heads = extra_options["n_heads"]
+        attention = partial(
+            _call_attention,
+            comfy_attention.optimized_attention,
+            attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
+        g = previous(q, k, v, extra_options) if previous is not None else attention(q, k, v, heads)
+        if not self.prompts:
+            return g
+        h, w = attention_grid(extra_options, q.shape[1])
+        cells = self.cells(h, w)
+        kinds = list(extra_options.get("cond_or_uncond") or [COND])
+        if not cells or q.shape[0] % len(kinds):
+            return g
+        rows_per_chunk = q.shape[0] // len(kinds)
+        out = None
+        for chunk, kind in enumerate(kinds):
+            if kind not in (COND, UNCOND) or (kind == UNCOND and not self.has_negatives):
+                continue
+            rows = slice(chunk * rows_per_chunk, (chunk + 1) * rows_per_chunk)
+            if out is None:
+                out = g.clone()
+            q_rows, g_rows, out_rows = q[rows], g[rows], out[rows]
+            record = self.recorder is not None and kind == COND
+            if record:
+                for label, pos in self.recorder.wants(None):
+                    self.recorder.add(label, h, w, token_attention(q_rows, k[rows], heads, pos))
+            for cell in cells:
+                kv = self.region_kv(layer, cell.index, kind, q.device, k.dtype)
+                if kv is None:
+                    continue
+                r = region_attention(q_rows, h, w, cell, kv[0], kv[1], heads, attention)
+                mix_region(out_rows, g_rows, h, w, cell, r)
+                if record:
+                    for label, pos in self.recorder.wants(cell.index):
+                        q_box = q_rows.view(q_rows.shape[0], h, w, -1)[:, slice(*cell.rows), slice(*cell.cols)]
+                        probs = token_attention(q_box.reshape(q_rows.shape[0], -1, q.shape[-1]), kv[0], heads, pos)
+                        self.recorder.add(label, h, w, probs, cell)
+        return g if out is None else out
+
+
+def _call_attention(fn, q, k, v, heads, attn_precision=None, transformer_options=None):
+    return fn(q, k, v, heads, attn_precision=attn_precision, transformer_options=transformer_options)
+
+
+class _LayerPatch:
+    """The ``attn2`` replacement of one block (ComfyUI calls it with projected
+    q, k, v); chains to a replacement that was already there."""
+
+    def __init__(self, state: RegionalAttention, layer: CrossAttentionLayer, previous=None):
+        self.state, self.layer, self.previous = state, layer, previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        return self.state.attend(self.layer, self.previous, q, k, v, extra_options)
+
+
+def routed_deltas(
+    layers: Sequence[CrossAttentionLayer], prompts: Sequence[RegionPrompt], bindings: Sequence[Concept | None]
+) -> dict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """``ΔW_i ctx_i`` for every block and region bound to a concept, for each
+    branch: the part of a region's k/v that only its own concept contributes."""
+    model_keys = {f"diffusion_model.{layer.path}.to_{x}.weight" for layer in layers for x in "kv"}
+    out = {}
+    for index, (prompt, concept) in enumerate(zip(prompts, bindings)):
+        if concept is None:
+            continue
+        updates = concept.scaled_unet()
+        others = sorted(k for k in updates if not is_cross_attention_kv(k))
+        if others:
+            raise ValueError(
+                f"concept '{concept.name}' also changes {len(others)} layer(s) besides cross-attention k/v "
+                f"(e.g. {others[0]}); routed mode can give a region only its own k/v — use mode 'fused' for it"
+            )
+        foreign = sorted(set(updates) - model_keys)
+        if foreign:
+            raise ValueError(
+                f"concept '{concept.name}' ({concept.family}) has layers this model does not have "
+                f"(e.g. {foreign[0]}): it was made for another model family — load one made for this checkpoint"
+            )
+        for layer in layers:
+            for branch, ctx in ((COND, prompt.cond), (UNCOND, prompt.uncond)):
+                if ctx is None:
+                    continue
+                pair = []
+                for x in "kv":
+                    update = updates.get(f"diffusion_model.{layer.path}.to_{x}.weight")
+                    if update is not None and update.in_features != ctx.shape[-1]:
+                        raise ValueError(
+                            f"concept '{concept.name}' expects {update.in_features} text features at {layer.path} "
+                            f"but the prompt has {ctx.shape[-1]}: the concept was made for another model family"
+                        )
+                    pair.append(None if update is None else update.apply(ctx.float()))
+                if pair != [None, None]:
+                    out[(layer.path, index, branch)] = tuple(pair)
+    return out
+
+
+def apply_regional_attention(
+    model,
+    spec: RegionSpec,
+    prompts: Sequence[RegionPrompt],
+    mode: str = "fused",
+    bindings: Sequence[Concept | None] | None = None,
+    recorder: AttentionRecorder | None = None,
+):
+    """A clone of ``model`` whose every cross-attention block does regional
+    attention; ``prompts[i]`` holds region i's text features. In routed mode
+    ``bindings[i]`` is the concept whose k/v update region i gets (or None)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if len(prompts) != len(spec):
+        raise ValueError(f"{len(prompts)} region prompts for {len(spec)} regions")
+    layers = cross_attention_layers(model)
+    dim = layers[0].context_dim
+    for i, p in enumerate(prompts):
+        for t in (p.cond, p.uncond):
+            if t is not None and (t.ndim != 3 or t.shape[0] != 1 or t.shape[-1] != dim):
+                raise ValueError(
+                    f"region {i + 1}'s text features have shape {tuple(t.shape)} but this model's cross-attention "
+                    f"reads [1, tokens, {dim}]: encode the region prompts with the CLIP of this checkpoint"
+                )
+    routed = None
+    if mode == "routed" and bindings is not None:
+        routed = routed_deltas(layers, prompts, bindings)
+    state = RegionalAttention(spec, prompts, routed, recorder)
+    clone = model.clone()
+    existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for layer in layers:
+        previous = existing.get(layer.key) or existing.get(layer.key[:2])
+        clone.set_model_attn2_replace(_LayerPatch(state, layer, previous), *layer.key)
+    return clone
+
+
+def encode_text(clip, text: str) -> torch.Tensor:
+    """Text features [1, T, D] of a prompt (T a multiple of 77 for long prompts)."""
+    return clip.encode_from_tokens(clip.tokenize(text))
+
+
+def concept_clip(model, clip, concept: Concept):
+    """A CLIP that knows one concept's trigger embeddings and text-encoder
+    update — what region prompts bound to it are encoded with in routed mode."""
+    if concept.embeddings:
+        from omg_core.trigger_tokens import clip_with_embeddings
+
+        clip = clip_with_embeddings(clip, concept.embeddings)
+    if concept.text_encoder:
+        from omg_core.patching import apply_updates
+
+        _, clip = apply_updates(
+            model, clip, {}, {k: u.scaled(concept.strength) for k, u in concept.text_encoder.items()}
+        )
+    return clip
+
+
+def regional_prompting(
+    model,
+    clip,
+    spec: RegionSpec,
+    base_prompt: str,
+    mode: str = "fused",
+    concepts: Sequence[Concept] | None = None,
+    recorder: AttentionRecorder | None = None,
+):
+    """What OMG Apply Regional Attention does: the positive CONDITIONING of the
+    global prompt and a clone of ``model`` that confines each region's prompt
+    to its region. Fused mode encodes everything with ``clip`` (the fused
+    CLIP) on ``model`` (the fused model); routed mode expects the base model
+    and CLIP and gives each region its own concept (bound by trigger word)."""
+    if not isinstance(spec, RegionSpec):
+        raise ValueError("regions must come from an OMG Regions or OMG Mask Region node")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
+    bindings = bind_regions(spec, list(concepts or [])) if mode == "routed" else [None] * len(spec)
+    clips: dict[str, object] = {}
+    prompts = []
+    for region, concept in zip(spec.regions, bindings):
+        c = clip
+        if concept is not None:
+            if concept.name not in clips:
+                clips[concept.name] = concept_clip(model, clip, concept)
+            c = clips[concept.name]
+        negative = region.negative_prompt.strip()
+        prompts.append(RegionPrompt(encode_text(c, region.prompt), encode_text(c, negative) if negative else None))
+    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder)
+    return patched, positive
+
+
+def token_positions(clip, prompt: str, word: str) -> list[int]:
+    """Positions of ``word``'s tokens in the features of ``prompt`` (for the
+    attention-map recorder; the first encoder's tokens); empty if absent."""
+    full = [t[0] for chunk in next(iter(clip.tokenize(prompt).values())) for t in chunk]
+    word_tokens = next(iter(clip.tokenize(word, return_word_ids=True).values()))
+    inner = [t[0] for chunk in word_tokens for t in chunk if t[2] != 0]  # word id 0: start, end, padding
+    if not inner:
+        return []
+    for start in range(len(full) - len(inner) + 1):
+        if all(_same(full[start + j], inner[j]) for j in range(len(inner))):
+            return list(range(start, start + len(inner)))
+    return []
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
+__all__ = [
+    "MODES",
+    "AttentionRecorder",
+    "CrossAttentionLayer",
+    "RegionPrompt",
+    "apply_regional_attention",
+    "attention_grid",
+    "cross_attention_layers",
+    "regional_prompting",
+    "routed_deltas",
+    "token_positions",
+]
