@@ -83,7 +83,8 @@ def test_fusion_leaves_directions_outside_all_features_unchanged(n, seed, method
     reg = torch.randn(20, 12, generator=g, dtype=torch.float64) @ span
     result = fuse(concepts, method, features=feats, reg_features=reg)
     for key in (K, V):
-        assert patch_dense(result.unet[key]) @ outside.T == pytest.approx(0, abs=1e-8)
+        fused = patch_dense(result.unet[key])
+        assert (fused @ outside.T).norm() <= 1e-9 * fused.norm() * outside.norm()
 
 
 @FAST
