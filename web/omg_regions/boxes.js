@@ -79,7 +79,9 @@ export function withBoxes(doc, boxes) {
   return { ...doc, version: 1, boxes };
 }
 
-const round6 = (v) => Math.round(v * 1e6) / 1e6;
+// Twelve significant digits: drops float noise (0.5875000000000001) yet keeps
+// every pixel/size fraction up to 8192 px exact (10 / 256 = 0.0390625).
+const tidy = (v) => Number(v.toPrecision(12));
 
 /** Pixel rectangle {x0, y0, x1, y1} of a normalised box in a W x H image. */
 export function toPixels(box, W, H) {
@@ -91,10 +93,10 @@ export function toPixels(box, W, H) {
 export function fromPixels(box, px, W, H) {
   return {
     ...box,
-    x0: round6(clamp(px.x0 / W, 0, 1)),
-    y0: round6(clamp(px.y0 / H, 0, 1)),
-    x1: round6(clamp(px.x1 / W, 0, 1)),
-    y1: round6(clamp(px.y1 / H, 0, 1)),
+    x0: tidy(clamp(px.x0 / W, 0, 1)),
+    y0: tidy(clamp(px.y0 / H, 0, 1)),
+    x1: tidy(clamp(px.x1 / W, 0, 1)),
+    y1: tidy(clamp(px.y1 / H, 0, 1)),
   };
 }
 
