@@ -32,7 +32,7 @@ def ui(request, chromium, comfy_server):
         comfy.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def litegraph_ui(chromium, comfy_server):
     comfy = ComfyPage(chromium, comfy_server, vue_nodes=False, viewport=VIEWPORT)
     try:
@@ -199,3 +199,43 @@ def test_numeric_fields_snap_toggle_and_copy_paste_keep_boxes(litegraph_ui):
     (copy,) = [i for i in ids if i != rid]
     assert ui.widget_value(copy, "boxes") == value
     assert ui.log.pack_errors() == []
+
+
+BOX_SAMPLES = [
+    "",
+    "[]",
+    '{"boxes": []}',
+    '{"version": 2, "boxes": []}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1}]}',
+    '{"version": 1, "boxes": [{"x0": 0.6, "y0": 0, "x1": 0.4, "y1": 1}]}',
+    '{"version": 1, "boxes": [{"x0": -0.5, "y0": 0, "x1": 0.4, "y1": 1}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1.0000001, "y1": 1}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1}]}',
+    '{"version": 1, "boxes": [{"x0": "0", "y0": 0, "x1": 1, "y1": 1}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "colour": "red"}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "weight": -1}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "ratio": 1.5}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "feather": 4, "label": "cat", "concept": "cat"}]}',
+    '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "label": 3}]}',
+    json.dumps({"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 0.5, "y1": 0.5}] * 16}),
+    json.dumps({"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 0.5, "y1": 0.5}] * 17}),
+    '{"version": 1, "boxes": {"x0": 0}}',
+    "not json",
+]
+
+
+def test_editor_accepts_exactly_the_box_values_the_backend_accepts(litegraph_ui):
+    from omg_core.regions import parse_boxes
+
+    verdicts = litegraph_ui.js(
+        "async (samples) => { const m = await import('/extensions/omg/omg_regions/boxes.js');"
+        " return samples.map((s) => m.parseBoxes(s).ok); }",
+        BOX_SAMPLES,
+    )
+    for text, editor_ok in zip(BOX_SAMPLES, verdicts):
+        try:
+            parse_boxes(text, 512, 512)
+            backend_ok = True
+        except ValueError:
+            backend_ok = False
+        assert editor_ok == backend_ok, text

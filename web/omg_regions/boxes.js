@@ -63,11 +63,31 @@ export function parseBoxes(text) {
     if (!(b.x0 < b.x1) || !(b.y0 < b.y1)) {
       return { ok: false, error: `${where}: needs x0 < x1 and y0 < y1` };
     }
+    const problem = optionalKeyProblem(b);
+    if (problem) return { ok: false, error: `${where}: ${problem}` };
   }
   if (doc.boxes.length > MAX_BOXES) {
     return { ok: false, error: `${doc.boxes.length} boxes: at most ${MAX_BOXES} regions are supported` };
   }
   return { ok: true, doc };
+}
+
+// Keys a box may carry besides its corners (omg_core.regions.OPTIONAL_BOX_KEYS).
+export const OPTIONAL_KEYS = ["weight", "ratio", "feather", "label", "concept"];
+
+function optionalKeyProblem(b) {
+  const unknown = Object.keys(b).filter((k) => !["x0", "y0", "x1", "y1", ...OPTIONAL_KEYS].includes(k));
+  if (unknown.length) return `unknown key(s) ${unknown.sort().join(", ")}; allowed: x0, y0, x1, y1, ${OPTIONAL_KEYS.join(", ")}`;
+  for (const k of ["weight", "ratio", "feather"]) {
+    if (k in b && (typeof b[k] !== "number" || !Number.isFinite(b[k]))) return `"${k}" must be a number`;
+  }
+  if (b.weight < 0) return `weight ${b.weight} is negative (0 switches the region off)`;
+  if (b.ratio < 0 || b.ratio > 1) return `ratio ${b.ratio} must be in 0..1`;
+  if (b.feather < 0) return `feather ${b.feather} must be 0 or more pixels`;
+  for (const k of ["label", "concept"]) {
+    if (k in b && typeof b[k] !== "string" && !(k === "concept" && b[k] === null)) return `"${k}" must be a string`;
+  }
+  return null;
 }
 
 export function serialiseBoxes(doc) {
