@@ -29,11 +29,12 @@ def sd15_checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory, sd15_checkpoint) -> Path:
-    """A models folder as ComfyUI sees it: checkpoints/ and loras/."""
+    """A models folder as ComfyUI sees it: checkpoints/ (``omg-tiny-sd15.safetensors``)
+    and loras/ (the demo concepts), as the demo and the example workflows expect."""
+    import demo_assets
+
     root = tmp_path_factory.mktemp("models")
-    (root / "checkpoints").mkdir()
-    (root / "loras").mkdir()
-    (root / "checkpoints" / sd15_checkpoint.name).symlink_to(sd15_checkpoint)
+    demo_assets.ensure_demo_models(root)
     return root
 
 
