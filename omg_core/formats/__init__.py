@@ -6,6 +6,7 @@ to a model.
 """
 
 from omg_core.formats.adapter_file import AdapterFile
+from omg_core.formats.detect import read_adapter
 from omg_core.formats.native import read_native_concept, save_native
 
-__all__ = ["AdapterFile", "read_native_concept", "save_native"]
+__all__ = ["AdapterFile", "read_adapter", "read_native_concept", "save_native"]

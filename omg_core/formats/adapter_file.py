@@ -51,7 +51,7 @@ class AdapterFile:
         if self.context_dim is None:
             self.context_dim = cross_attention_context_dim(self.tensors)
         if self.family == "unknown":
-            self.family = family_from_dims(self.context_dim, self.embeddings)
+            self.family = family_from_dims(self.context_dim, self.embeddings, self.tensors)
 
 
 def concept_name_from_path(path: str | os.PathLike) -> str:
@@ -124,11 +124,17 @@ def cross_attention_context_dim(tensors: dict[str, torch.Tensor]) -> int | None:
     return max(widths) if widths else None
 
 
-def family_from_dims(context_dim: int | None, embeddings: tuple[TokenEmbedding, ...] = ()) -> str:
+def family_from_dims(
+    context_dim: int | None, embeddings: tuple[TokenEmbedding, ...] = (), tensors: dict[str, torch.Tensor] | None = None
+) -> str:
+    """The model family an adapter is for: from its cross-attention width, else
+    from a second text encoder (only SDXL has CLIP-G) among its layers or tokens."""
     for family, dim in CONTEXT_DIMS.items():
         if context_dim == dim:
             return family
     if any(e.encoder == "clip_g" for e in embeddings):
+        return "sdxl"
+    if any(k.startswith(("lora_te2_", "text_encoders.clip_g.")) for k in tensors or {}):
         return "sdxl"
     return "unknown"
 
@@ -148,3 +154,35 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             "or corrupt: download or copy it again."
         ) from exc
     return tensors, metadata
+
+
+def load_pickle(path: str | os.PathLike):
+    """A PyTorch checkpoint read with ``weights_only=True``.
+
+    Such files are pickles; a pickle may run arbitrary code when loaded, so
+    only plain containers of tensors are accepted and anything else is
+    refused with an explanation rather than executed."""
+    import pickle
+
+    check_file_readable(path)
+    name = os.path.basename(str(path))
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # Only a refused global/class means "would run code"; anything else is a damaged stream.
+        if not any(mark in str(exc) for mark in ("GLOBAL", "allowlist", "safe_globals")):
+            raise ValueError(
+                f"{name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); it is probably truncated "
+                "or corrupt: download or copy it again."
+            ) from exc
+        reason = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise ValueError(
+            f"{name} was refused: loading it would run code stored in the file ({reason or 'not plain tensors'}). "
+            "OMG reads PyTorch checkpoints only with weights_only=True. Convert it to safetensors with a tool you "
+            "trust, or get a safetensors release of this concept."
+        ) from exc
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError… for damaged archives
+        raise ValueError(
+            f"{name} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "it is probably truncated or corrupt: download or copy it again."
+        ) from exc
