@@ -1,7 +1,7 @@
 """Writes the example workflows in this folder (UI format, as the frontend saves them).
 
-Usage: ``.venv/bin/python workflows/generate.py`` (boots ComfyUI in-process to
-read the node schemas; a few seconds). The JSON files are committed; this script
+Usage: ``.venv/bin/python workflows/generate.py [--url http://127.0.0.1:8188]``
+(reads the node schemas from that ComfyUI, or starts one; ~15 s). The JSON files are committed; this script
 is how they are kept consistent with the nodes' schemas: widget values are
 written in schema order with the schema defaults filled in, each input slot is
 where the frontend puts it (sockets first, then one socket per widget), and
@@ -227,7 +227,250 @@ class Graph:
 
 
 # ------------------------------------------------------------------ workflows
-WORKFLOWS: dict = {}
+NEGATIVE = "blurry, low quality, deformed"
+
+
+def lora(name: str) -> str:
+    return f"omg-demo-{name}.safetensors"
+
+
+def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int) -> Node:
+    """One OMG Load Concept per name, each appending to the previous list."""
+    prev = None
+    for i, name in enumerate(names):
+        node = g.node(
+            "OMGLoadConcept",
+            (x, y + i * 180),
+            (320, 150),
+            title=f"OMG Load Concept ({CONCEPTS[name]})",
+            model=ckpt["MODEL"],
+            clip=ckpt["CLIP"],
+            lora_name=lora(name),
+            strength=1.0,
+        )
+        if prev is not None:
+            node.set(concepts=prev["concepts"])
+        prev = node
+    return prev
+
+
+def even_boxes(n: int, margin: float = 0.04) -> str:
+    """n side-by-side boxes with a gap between them."""
+    width = (1 - margin * (n + 1)) / n
+    boxes = []
+    for i in range(n):
+        x0 = margin + i * (width + margin)
+        boxes.append({"x0": round(x0, 4), "y0": 0.1, "x1": round(x0 + width, 4), "y1": 0.9})
+    return json.dumps({"version": 1, "boxes": boxes})
+
+
+def region_prompts(names: list[str]) -> str:
+    return "\n".join(f"a photo of {CONCEPTS[n]} {n}" for n in names)
+
+
+def sample_and_save(g: Graph, model: Out, positive: Out, clip: Out, vae: Out, latent: Out, pos, prefix: str, title=""):
+    """Negative prompt, KSampler, VAE Decode and Save Image, laid out in a 2x2 block at ``pos``."""
+    x, y = pos
+    neg = g.node("CLIPTextEncode", (x, y + 280), (320, 120), title=f"Negative{title}", clip=clip, text=NEGATIVE)
+    ks = g.node(
+        "KSampler",
+        (x + 360, y),
+        (300, 262),
+        title=f"KSampler{title}",
+        model=model,
+        positive=positive,
+        negative=neg["CONDITIONING"],
+        latent_image=latent,
+        seed=SEED,
+        steps=STEPS,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+        denoise=1.0,
+    )
+    dec = g.node("VAEDecode", (x + 360, y + 300), (220, 46), samples=ks["LATENT"], vae=vae)
+    g.node(
+        "SaveImage", (x + 700, y), (300, 340), title=f"Save Image{title}", images=dec["IMAGE"], filename_prefix=prefix
+    )
+
+
+def regional_workflow(g: Graph, names: list[str], width: int, height: int, base_prompt: str, method: str, note: str):
+    """Checkpoint -> concepts -> fuse -> OMG Regions -> regional attention -> sampler -> image."""
+    ckpt = g.node("CheckpointLoaderSimple", (0, 0), (320, 98), ckpt_name=CHECKPOINT)
+    concepts = concept_chain(g, ckpt, names, 0, 140)
+    g.note(note, (0, 140 + 180 * len(names)), (320, 250))
+    fuse = g.node(
+        "OMGFuseConcepts",
+        (360, 0),
+        (340, 280),
+        model=ckpt["MODEL"],
+        clip=ckpt["CLIP"],
+        concepts=concepts["concepts"],
+        method=method,
+    )
+    latent = g.node("EmptyLatentImage", (360, 320), (340, 106), width=width, height=height, batch_size=1)
+    regions = g.node(
+        "OMGRegions",
+        (740, 0),
+        (400, 720),
+        width=width,
+        height=height,
+        boxes=even_boxes(len(names), margin=0.05),
+        region_prompts=region_prompts(names),
+    )
+    g.node("PreviewImage", (360, 470), (340, 300), title="Region masks", images=regions["mask_preview"])
+    apply = g.node(
+        "OMGApplyRegionalAttention",
+        (1180, 0),
+        (320, 240),
+        model=fuse["MODEL"],
+        clip=fuse["CLIP"],
+        regions=regions["regions"],
+        base_prompt=base_prompt,
+        mode="fused",
+    )
+    return ckpt, fuse, apply, latent
+
+
+HOW_TO_DRAW = (
+    "Draw boxes on the OMG Regions node: drag on empty space to add one, drag inside a box to move it, "
+    "drag a handle to resize, Delete or the x button to remove it. Line i of region_prompts belongs to box i."
+)
+
+
+def two_concepts_regions(g: Graph) -> None:
+    note = (
+        "Two concepts, each in its own box.\n\nThe cat and dog concepts are fused into one model (additive); "
+        "OMG Regions says where each region prompt applies; OMG Apply Regional Attention keeps each prompt "
+        "inside its box.\n\n" + HOW_TO_DRAW
+    )
+    ckpt, fuse, apply, latent = regional_workflow(
+        g, ["cat", "dog"], SIZE, SIZE, "a photo of a cat and a dog in a garden", "additive", note
+    )
+    sample_and_save(
+        g,
+        apply["MODEL"],
+        apply["positive"],
+        fuse["CLIP"],
+        ckpt["VAE"],
+        latent["LATENT"],
+        (1180, 280),
+        "omg_two_concepts",
+    )
+
+
+def three_concepts(g: Graph) -> None:
+    note = (
+        "Three concepts in three boxes, fused by least squares on the text features of the trigger prompts "
+        "(the fit keeps what each concept does to its own prompts and, through the regularization, what the "
+        "base model does elsewhere).\n\n" + HOW_TO_DRAW
+    )
+    ckpt, fuse, apply, latent = regional_workflow(
+        g,
+        ["cat", "dog", "mug"],
+        SIZE + SIZE // 2,
+        SIZE,
+        "a photo of a cat, a dog and a mug on a table",
+        "least_squares",
+        note,
+    )
+    sample_and_save(
+        g,
+        apply["MODEL"],
+        apply["positive"],
+        fuse["CLIP"],
+        ckpt["VAE"],
+        latent["LATENT"],
+        (1180, 280),
+        "omg_three_concepts",
+    )
+
+
+def fused_vs_routed(g: Graph) -> None:
+    note = (
+        "The same regions and seed, two ways.\n\nTop (fused): both concepts are fused into one model and every "
+        "prompt sees both. Bottom (routed): the base model, and each region's prompt uses only the concept whose "
+        "trigger word it contains - no cross-talk by construction.\n\n" + HOW_TO_DRAW
+    )
+    names = ["cat", "dog"]
+    base_prompt = "a photo of a cat and a dog in a garden"
+    ckpt, fuse, apply, latent = regional_workflow(g, names, SIZE, SIZE, base_prompt, "additive", note)
+    apply.title = "OMG Apply Regional Attention (fused)"
+    sample_and_save(
+        g,
+        apply["MODEL"],
+        apply["positive"],
+        fuse["CLIP"],
+        ckpt["VAE"],
+        latent["LATENT"],
+        (1180, 280),
+        "omg_fused",
+        " (fused)",
+    )
+    regions = next(n for n in g.nodes if n.type == "OMGRegions")
+    concepts = [n for n in g.nodes if n.type == "OMGLoadConcept"][-1]
+    routed = g.node(
+        "OMGApplyRegionalAttention",
+        (1180, 720),
+        (320, 240),
+        title="OMG Apply Regional Attention (routed)",
+        model=ckpt["MODEL"],
+        clip=ckpt["CLIP"],
+        regions=regions["regions"],
+        base_prompt=base_prompt,
+        mode="routed",
+        concepts=concepts["concepts"],
+    )
+    sample_and_save(
+        g,
+        routed["MODEL"],
+        routed["positive"],
+        ckpt["CLIP"],
+        ckpt["VAE"],
+        latent["LATENT"],
+        (1180, 1000),
+        "omg_routed",
+        " (routed)",
+    )
+
+
+def orthogonality_report(g: Graph) -> None:
+    names = ["cat", "dog", "mug"]
+    ckpt = g.node("CheckpointLoaderSimple", (0, 0), (320, 98), ckpt_name=CHECKPOINT)
+    concepts = concept_chain(g, ckpt, names, 0, 140)
+    g.note(
+        "How much the concepts interfere: the overlap of their input subspaces and the cross-talk of each "
+        "concept on the others' prompts (heatmap and table).\n\nThe second report is after OMG Orthogonalize: "
+        "concepts trained on the shared orthogonal basis are already orthogonal and stay as they are; concepts "
+        "trained independently lose their overlap at a small, reported fidelity cost.",
+        (0, 140 + 180 * len(names)),
+        (320, 250),
+    )
+    for row, title in enumerate(("before", "after orthogonalization")):
+        y = row * 600
+        source = concepts["concepts"]
+        if row == 1:
+            orth = g.node("OMGOrthogonalize", (360, y - 130), (340, 100), concepts=source)
+            g.node("PreviewAny", (0, 980), (320, 250), title="Orthogonalize report", source=orth["report"])
+            source = orth["concepts"]
+        report = g.node(
+            "OMGOrthogonalityReport",
+            (360, y),
+            (340, 280),
+            title=f"OMG Orthogonality Report ({title})",
+            concepts=source,
+            clip=ckpt["CLIP"],
+        )
+        g.node("PreviewImage", (740, y), (420, 420), title=f"Heatmap ({title})", images=report["heatmap"])
+        g.node("PreviewAny", (1200, y), (520, 420), title=f"Table ({title})", source=report["table"])
+
+
+WORKFLOWS: dict = {
+    "omg_two_concepts_regions": two_concepts_regions,
+    "omg_three_concepts": three_concepts,
+    "omg_fused_vs_routed": fused_vs_routed,
+    "omg_orthogonality_report": orthogonality_report,
+}
 
 
 def write_all(object_info: dict, out_dir: Path = HERE) -> list[Path]:
@@ -241,12 +484,29 @@ def write_all(object_info: dict, out_dir: Path = HERE) -> list[Path]:
     return written
 
 
-def main() -> int:
+def fetch_object_info(url: str | None) -> dict:
+    """Node schemas from a running ComfyUI at ``url``, or from one started for the purpose."""
+    import tempfile
+    import urllib.request
+
+    if url:
+        with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=60) as r:
+            return json.loads(r.read())
     sys.path.append(str(REPO / "scripts"))
     import comfy_host
 
-    comfy_host.boot()
-    for path in write_all(comfy_host.object_info_in_process()):
+    with tempfile.TemporaryDirectory() as tmp:
+        with comfy_host.ServerHost(comfy_host.prepare_base_directory(Path(tmp))) as host:
+            return host.get("/object_info", timeout=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", help="a running ComfyUI with this pack (default: start one)")
+    args = p.parse_args(argv)
+    for path in write_all(fetch_object_info(args.url)):
         print(f"wrote {path.relative_to(REPO)}")
     return 0
 

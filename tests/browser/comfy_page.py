@@ -152,8 +152,28 @@ class ComfyPage:
         )
         self.page.wait_for_timeout(400)
 
-    def fit_view(self) -> None:
-        self.js("async () => { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    def fit_view(self, max_scale: float = 0.8, margin: float = 30) -> None:
+        """Show every node, no larger than ``max_scale`` (above ~0.6 LiteGraph draws text),
+        clear of the side bar on the left and the menus on top."""
+        self.js(
+            """([maxScale, margin]) => {
+                const left = 70 + margin, top = 110 + margin;
+                const nodes = app.graph.nodes;
+                const x0 = Math.min(...nodes.map((n) => n.pos[0]));
+                const y0 = Math.min(...nodes.map((n) => n.pos[1] - 30));
+                const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+                const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+                const el = app.canvas.canvas;
+                const w = el.clientWidth - left - margin, h = el.clientHeight - top - margin;
+                const scale = Math.min(maxScale, w / (x1 - x0), h / (y1 - y0));
+                const ds = app.canvas.ds;
+                ds.scale = scale;
+                ds.offset[0] = (left + (w - (x1 - x0) * scale) / 2) / scale - x0;
+                ds.offset[1] = top / scale - y0;
+                app.canvas.setDirty(true, true);
+            }""",
+            [max_scale, margin],
+        )
         self.page.wait_for_timeout(600)
 
     def screenshot(self, path) -> None:
