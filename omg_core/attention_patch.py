@@ -278,29 +278,34 @@ class _LayerPatch:
         return self.state.attend(self.layer, self.previous, q, k, v, extra_options)
 
 
+def check_routable(concept: Concept, layers: Sequence[CrossAttentionLayer]) -> None:
+    """Routed mode can give a region only cross-attention k/v of this model."""
+    model_keys = {f"diffusion_model.{layer.path}.to_{x}.weight" for layer in layers for x in "kv"}
+    others = sorted(k for k in concept.unet if not is_cross_attention_kv(k))
+    if others:
+        raise ValueError(
+            f"concept '{concept.name}' also changes {len(others)} layer(s) besides cross-attention k/v "
+            f"(e.g. {others[0]}); routed mode can give a region only its own k/v — use mode 'fused' for it"
+        )
+    foreign = sorted(set(concept.unet) - model_keys)
+    if foreign:
+        raise ValueError(
+            f"concept '{concept.name}' ({concept.family}) has layers this model does not have "
+            f"(e.g. {foreign[0]}): it was made for another model family — load one made for this checkpoint"
+        )
+
+
 def routed_deltas(
     layers: Sequence[CrossAttentionLayer], prompts: Sequence[RegionPrompt], bindings: Sequence[Concept | None]
 ) -> dict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor | None]]:
     """``ΔW_i ctx_i`` for every block and region bound to a concept, for each
     branch: the part of a region's k/v that only its own concept contributes."""
-    model_keys = {f"diffusion_model.{layer.path}.to_{x}.weight" for layer in layers for x in "kv"}
     out = {}
     for index, (prompt, concept) in enumerate(zip(prompts, bindings)):
         if concept is None:
             continue
+        check_routable(concept, layers)
         updates = concept.scaled_unet()
-        others = sorted(k for k in updates if not is_cross_attention_kv(k))
-        if others:
-            raise ValueError(
-                f"concept '{concept.name}' also changes {len(others)} layer(s) besides cross-attention k/v "
-                f"(e.g. {others[0]}); routed mode can give a region only its own k/v — use mode 'fused' for it"
-            )
-        foreign = sorted(set(updates) - model_keys)
-        if foreign:
-            raise ValueError(
-                f"concept '{concept.name}' ({concept.family}) has layers this model does not have "
-                f"(e.g. {foreign[0]}): it was made for another model family — load one made for this checkpoint"
-            )
         for layer in layers:
             for branch, ctx in ((COND, prompt.cond), (UNCOND, prompt.uncond)):
                 if ctx is None:
@@ -394,8 +399,11 @@ def regional_prompting(
         raise ValueError("regions must come from an OMG Regions or OMG Mask Region node")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
     bindings = bind_regions(spec, list(concepts or [])) if mode == "routed" else [None] * len(spec)
+    layers = cross_attention_layers(model)
+    for concept in {id(c): c for c in bindings if c is not None}.values():
+        check_routable(concept, layers)
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
     clips: dict[str, object] = {}
     prompts = []
     for region, concept in zip(spec.regions, bindings):

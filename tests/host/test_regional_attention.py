@@ -1,0 +1,352 @@
+"""Regional attention on ComfyUI's real models: the semantics the patch promises,
+on SD1.5 (the tiny checkpoint) and SDXL (ComfyUI's SDXL class, small)."""
+
+import pytest
+import torch
+from conftest import encode, sample
+
+from omg_core.concept import Concept, LowRankUpdate
+from omg_core.regions import Region, RegionSpec
+
+CHECKPOINT = "omg-tiny-sd15.safetensors"  # the name the host fixtures give the tiny checkpoint
+LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.375, 0.0, 1.0, 1.0)
+LONG = "a " + ", ".join(f"tiny red circle number {i}" for i in range(20))  # > 77 tokens
+
+
+def spec(*regions, width=64, height=64):
+    return RegionSpec(width, height, tuple(regions))
+
+
+def ap():
+    from omg_core import attention_patch
+
+    return attention_patch
+
+
+def sdxl_cond(batch, seed, width, height):
+    from omg_core.tiny_checkpoints import sdxl_conditioning
+
+    return sdxl_conditioning(batch, seed, width, height)
+
+
+def apply_model(model, x, ctx, cond_or_uncond, capture_first_block=False):
+    """One UNet evaluation with the model's patches; optionally the output of
+    the first cross-attention block (its attn2 output) as well."""
+    m = model.clone()
+    first = ap().cross_attention_layers(model)[0].key
+    seen = []
+
+    def spy(n, extra_options):
+        key = (*extra_options["block"], extra_options["block_index"])
+        if key == first and not seen:
+            seen.append(n.clone())
+        return n
+
+    m.set_model_attn2_output_patch(spy)
+    to = dict(m.model_options["transformer_options"])
+    to["cond_or_uncond"] = list(cond_or_uncond)
+    kwargs = {}
+    if m.model.diffusion_model.num_classes is not None:
+        kwargs["y"] = torch.zeros(x.shape[0], m.model.diffusion_model.label_emb[0][0].in_features)
+    t = torch.full((x.shape[0],), 0.5)
+    with torch.inference_mode():
+        out = m.model.apply_model(x, t, c_crossattn=ctx, transformer_options=to, **kwargs)
+    return (out, seen[0]) if capture_first_block else out
+
+
+# ----------------------------------------------------------------------------- SD1.5
+
+
+_ENCODED: dict = {}
+
+
+def enc(clip, text):
+    """CONDITIONING of a prompt, encoded once per test session (CPU text encoding is slow)."""
+    key = (id(clip), text)
+    if key not in _ENCODED:
+        _ENCODED[key] = encode(clip, text)
+    return _ENCODED[key]
+
+
+def test_no_regions_is_bit_identical_full_region_equals_its_prompt_and_nothing_leaks(sd15):
+    model, clip, _ = sd15
+    pos, neg = enc(clip, "a red circle"), enc(clip, "")
+    plain = sample(model, pos, neg, steps=2)
+    empty = ap().apply_regional_attention(model, spec(), [])
+    assert torch.equal(sample(empty, pos, neg, steps=2), plain), "no regions must be plain sampling, bit for bit"
+    full = spec(Region("a blue square", box=(0, 0, 1, 1)))
+    patched, positive = ap().regional_prompting(model, clip, full, "a red circle")
+    regional = sample(patched, positive, neg, steps=2)
+    torch.testing.assert_close(regional, sample(model, enc(clip, "a blue square"), neg, steps=2), rtol=1e-3, atol=1e-3)
+    assert (regional - plain).abs().max() > 1e-2, "the region prompt must matter"
+    assert torch.equal(sample(model, pos, neg, steps=2), plain), "plain sampling changed after a regional run"
+
+
+def test_full_image_long_region_prompt_equals_plain_at_odd_size_with_batch_two(sd15):
+    model, clip, _ = sd15
+    neg = enc(clip, "")
+    full = spec(Region(LONG, box=(0, 0, 1, 1)), width=120, height=72)
+    patched, positive = ap().regional_prompting(model, clip, full, "a red circle")
+    assert patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    regional = sample(patched, positive, neg, 120, 72, steps=1, batch=2)
+    plain = sample(model, enc(clip, LONG), neg, 120, 72, steps=1, batch=2)
+    torch.testing.assert_close(regional, plain, rtol=1e-3, atol=1e-3)
+
+
+def test_batch_rows_are_independent_and_each_gets_the_regions(sd15):
+    model, clip, _ = sd15
+    two = spec(Region("a blue square", box=LEFT), Region("a green cat", box=RIGHT))
+    prompts = [ap().RegionPrompt(region_ctx(clip, r.prompt)) for r in two.regions]
+    patched = ap().apply_regional_attention(model, two, prompts)
+    pos, neg = enc(clip, "a red circle")[0][0], enc(clip, "")[0][0]
+    x = torch.randn(2, 4, 9, 15, generator=torch.Generator().manual_seed(2))
+    both = apply_model(patched, torch.cat([x, x]), torch.cat([neg, neg, pos, pos]), [1, 0])
+    for i in range(2):
+        one = apply_model(patched, torch.cat([x[i : i + 1]] * 2), torch.cat([neg, pos]), [1, 0])
+        torch.testing.assert_close(both[[i, 2 + i]], one, rtol=1e-4, atol=1e-4)
+
+
+def region_ctx(clip, text):
+    return enc(clip, text)[0][0]
+
+
+def test_changing_region_b_does_not_change_attention_inside_region_a(sd15):
+    model, clip, _ = sd15
+    RegionPrompt = ap().RegionPrompt
+    layout = spec(Region("a", box=LEFT), Region("b", box=RIGHT))
+    a = RegionPrompt(region_ctx(clip, "a blue square"))
+    b1, b2 = RegionPrompt(region_ctx(clip, "a green cat")), RegionPrompt(region_ctx(clip, "a yellow house"))
+    ctx = torch.cat([enc(clip, "")[0][0], enc(clip, "a red circle")[0][0]])
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for b in (b1, b2):
+        patched = ap().apply_regional_attention(model, layout, [a, b])
+        outs.append(apply_model(patched, x, ctx, [1, 0], capture_first_block=True)[1].view(2, 8, 8, -1))
+    # grid 8x8: A covers columns 0-3, B columns 3-7; A alone: columns 0-2
+    assert torch.equal(outs[0][1, :, :3], outs[1][1, :, :3])
+    assert not torch.equal(outs[0][1, :, 3:], outs[1][1, :, 3:])
+    assert torch.equal(outs[0][0], outs[1][0]), "the uncond rows must not see region prompts"
+
+
+def test_cond_uncond_order_does_not_matter_and_region_negatives_touch_only_uncond(sd15):
+    model, clip, _ = sd15
+    RegionPrompt = ap().RegionPrompt
+    layout = spec(Region("a", box=LEFT, negative_prompt="blurry"))
+    pos, neg = enc(clip, "a red circle")[0][0], enc(clip, "")[0][0]
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain = ap().apply_regional_attention(model, layout, [RegionPrompt(region_ctx(clip, "a blue square"))])
+    negs = ap().apply_regional_attention(
+        model, layout, [RegionPrompt(region_ctx(clip, "a blue square"), region_ctx(clip, "blurry"))]
+    )
+    xx = torch.cat([x, x])
+    cond_first = apply_model(negs, xx, torch.cat([pos, neg]), [0, 1])
+    uncond_first = apply_model(negs, xx, torch.cat([neg, pos]), [1, 0])
+    torch.testing.assert_close(cond_first[0], uncond_first[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond_first[1], uncond_first[0], rtol=1e-5, atol=1e-5)
+    without = apply_model(plain, xx, torch.cat([pos, neg]), [0, 1])
+    torch.testing.assert_close(without[0], cond_first[0], rtol=1e-5, atol=1e-5)
+    assert (without[1] - cond_first[1]).abs().max() > 1e-4, "the region negative must change the uncond branch"
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+
+def test_sdxl_no_regions_is_bit_identical_and_full_region_equals_plain(sdxl_inprocess):
+    model = sdxl_inprocess
+    width, height, batch = 120, 72, 2
+    pos, neg = sdxl_cond(1, 1, width, height), sdxl_cond(1, 2, width, height)
+    plain = sample(model, pos, neg, width, height, steps=2, batch=batch)
+    empty = ap().apply_regional_attention(model, spec(width=width, height=height), [])
+    assert torch.equal(sample(empty, pos, neg, width, height, steps=2, batch=batch), plain)
+    region = sdxl_cond(1, 3, width, height)
+    full = ap().apply_regional_attention(
+        model, spec(Region("r", box=(0, 0, 1, 1)), width=width, height=height), [ap().RegionPrompt(region[0][0])]
+    )
+    regional = sample(full, pos, neg, width, height, steps=2, batch=batch)
+    as_plain = [[region[0][0], pos[0][1]]]
+    torch.testing.assert_close(regional, sample(model, as_plain, neg, width, height, steps=2, batch=batch))
+    assert torch.equal(sample(model, pos, neg, width, height, steps=2, batch=batch), plain), "a patch leaked"
+
+
+def test_sdxl_every_transformer_depth_is_patched_and_locality_holds_on_odd_grids(sdxl_inprocess):
+    model = sdxl_inprocess
+    layers = ap().cross_attention_layers(model)
+    unet = model.model.diffusion_model
+    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert len(layers) == len(blocks) and [layer.order for layer in layers] == list(range(len(layers)))
+    layout = spec(Region("a", box=LEFT), Region("b", box=RIGHT), width=120, height=72)
+    ctx = lambda seed: sdxl_cond(1, seed, 120, 72)[0][0]  # noqa: E731
+    x = torch.randn(2, 4, 9, 15, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for seed in (11, 12):
+        patched = ap().apply_regional_attention(
+            model, layout, [ap().RegionPrompt(ctx(10)), ap().RegionPrompt(ctx(seed))]
+        )
+        _, first = apply_model(patched, x, torch.cat([ctx(1), ctx(2)]), [0, 1], capture_first_block=True)
+        outs.append(first)
+    # the first SDXL cross-attention runs at 5x8 (ceil of 9x15 / 2): A = columns 0-3, B = columns 3-7
+    h, w = 5, 8
+    assert outs[0].shape[1] == h * w
+    a, b = (o.view(2, h, w, -1) for o in outs)
+    assert torch.equal(a[0, :, :3], b[0, :, :3]) and not torch.equal(a[0, :, 3:], b[0, :, 3:])
+
+
+# ----------------------------------------------------------------------------- routed mode
+
+
+def kv_concept(model, name, trigger, seed, extra_key=None):
+    g = torch.Generator().manual_seed(seed)
+    unet = {}
+    for layer in ap().cross_attention_layers(model):
+        out_f = layer.module.to_k.out_features
+        for x in "kv":
+            unet[f"diffusion_model.{layer.path}.to_{x}.weight"] = LowRankUpdate(
+                torch.randn(out_f, 2, generator=g), torch.randn(2, layer.context_dim, generator=g), scale=0.05
+            )
+    if extra_key:
+        unet[extra_key] = next(iter(unet.values()))
+    return Concept(name=name, triggers=(trigger,), family="sd15", source_format="native", unet=unet)
+
+
+def test_routed_region_kv_is_its_own_concept_only_by_construction(sd15):
+    model, clip, _ = sd15
+    cat, dog, other_dog = kv_concept(model, "cat", "omgcat", 1), kv_concept(model, "dog", "omgdog", 2), None
+    other_dog = kv_concept(model, "dog", "omgdog", 3)
+    layout = spec(Region("a omgcat cat", box=LEFT), Region("a omgdog dog", box=RIGHT))
+    ctx = [ap().RegionPrompt(region_ctx(clip, r.prompt)) for r in layout.regions]
+    layers = ap().cross_attention_layers(model)
+    with_dog = ap().routed_deltas(layers, ctx, [cat, dog])
+    with_other = ap().routed_deltas(layers, ctx, [cat, other_dog])
+    for layer in layers:
+        key = (layer.path, 0, ap().COND)
+        assert all(torch.equal(a, b) for a, b in zip(with_dog[key], with_other[key]))
+        k_region = layer.module.to_k(ctx[0].cond) + with_dog[key][0]
+        w = layer.module.to_k.weight.float() + cat.unet[f"diffusion_model.{layer.path}.to_k.weight"].dense()
+        torch.testing.assert_close(k_region, ctx[0].cond @ w.T, rtol=1e-4, atol=1e-4)
+    patched, positive = ap().regional_prompting(model, clip, layout, "a cat and a dog", "routed", [cat, dog])
+    latent = sample(patched, positive, enc(clip, ""), steps=1)
+    assert torch.isfinite(latent).all()
+
+
+def test_routed_mode_refuses_concepts_beyond_cross_attention_kv(sd15):
+    model, clip, _ = sd15
+    q_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    odd = kv_concept(model, "cat", "omgcat", 1, extra_key=q_key)
+    layout = spec(Region("a omgcat cat", box=LEFT))
+    with pytest.raises(ValueError, match="concept 'cat' also changes 1 layer.*attn1.to_q.*use mode 'fused'"):
+        ap().regional_prompting(model, clip, layout, "a cat", "routed", [odd])
+
+
+def test_region_features_of_another_family_are_refused(sd15):
+    model, _, _ = sd15
+    with pytest.raises(
+        ValueError, match=r"region 1's text features have shape \(1, 77, 2048\).*reads \[1, tokens, 768\]"
+    ):
+        ap().apply_regional_attention(model, spec(Region("r", box=LEFT)), [ap().RegionPrompt(torch.zeros(1, 77, 2048))])
+
+
+def test_unknown_mode_is_refused(sd15):
+    model, clip, _ = sd15
+    with pytest.raises(ValueError, match="mode must be one of fused, routed"):
+        ap().regional_prompting(model, clip, spec(), "x", "mixed")
+
+
+# ----------------------------------------------------------------------------- attention maps
+
+
+def test_recorded_attention_map_of_a_region_token_stays_in_its_box(sd15):
+    model, clip, _ = sd15
+    layout = spec(Region("a omgcat cat", box=LEFT), Region("a omgdog dog", box=(0.75, 0.0, 1.0, 1.0)))
+    positions = ap().token_positions(clip, "a omgcat cat", "omgcat")
+    assert positions and positions[0] == 2  # after the start token and "a"
+    recorder = ap().AttentionRecorder(
+        {"omgcat": (0, positions), "circle": (None, ap().token_positions(clip, "a red circle", "circle"))}
+    )
+    patched, positive = ap().regional_prompting(model, clip, layout, "a red circle", recorder=recorder)
+    sample(patched, positive, enc(clip, ""), steps=1)
+    maps = recorder.maps(8, 8)
+    assert maps["omgcat"][:, 4:].abs().max() == 0 and maps["omgcat"][:, :4].min() > 0
+    assert maps["circle"].min() > 0, "the global token is attended everywhere"
+
+
+# ----------------------------------------------------------------------------- the nodes through ComfyUI
+
+
+def workflow(checkpoint, regional, boxes=None):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red circle"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": 0,
+                "steps": 2,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+    }
+    if regional:
+        prompt["7"] = {
+            "class_type": "OMGRegions",
+            "inputs": {
+                "width": 64,
+                "height": 64,
+                "boxes": boxes
+                or '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 0.5, "y1": 1}, {"x0": 0.5, "y0": 0, "x1": 1, "y1": 1}]}',
+                "region_prompts": "a omgcat cat\na omgdog dog",
+                "region_negative_prompts": "blurry",
+            },
+        }
+        prompt["8"] = {
+            "class_type": "OMGApplyRegionalAttention",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "regions": ["7", 0],
+                "base_prompt": "a red circle",
+                "mode": "routed",
+                "concepts": ["10", 0],
+            },
+        }
+        for node, lora, chain in (("9", "omg-demo-cat.safetensors", None), ("10", "omg-demo-dog.safetensors", "9")):
+            prompt[node] = {
+                "class_type": "OMGLoadConcept",
+                "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora, "trigger": "", "strength": 1.0},
+            }
+            if chain:
+                prompt[node]["inputs"]["concepts"] = [chain, 0]
+        prompt["5"]["inputs"]["model"] = ["8", 0]
+        prompt["5"]["inputs"]["positive"] = ["8", 1]
+    return prompt
+
+
+def test_routed_regional_workflow_runs_and_leaves_plain_workflows_unchanged(host):
+    name = CHECKPOINT
+    host.run(workflow(name, regional=False))
+    before = host.node_outputs("5")[0][0]["samples"].clone()
+    host.run(workflow(name, regional=True))
+    regional = host.node_outputs("5")[0][0]["samples"]
+    preview = host.node_outputs("8")[2][0]
+    assert torch.isfinite(regional).all() and not torch.equal(regional, before)
+    assert preview.shape == (1, 64, 64, 3)
+    host.run(workflow(name, regional=False))
+    assert torch.equal(host.node_outputs("5")[0][0]["samples"], before)
+
+
+def test_bad_boxes_json_fails_the_prompt_with_the_parser_message(host):
+    import comfy_host
+
+    with pytest.raises(comfy_host.PromptFailed) as failed:
+        host.run(workflow(CHECKPOINT, regional=True, boxes="{oops"))
+    errors = [d.get("exception_message", "") for e, d in host.executor.status_messages if e == "execution_error"]
+    assert "boxes is not valid JSON" in str(failed.value) + " ".join(errors)
