@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -53,7 +54,15 @@ def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_no
         if load_nodes:
             import nodes
 
-            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+            # Optional built-in nodes whose extra dependencies (torchaudio, …) are
+            # not installed log long tracebacks; they say nothing about this pack.
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR if os.environ.get("OMG_VERBOSE") != "1" else level)
+            try:
+                asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+            finally:
+                root.setLevel(level)
             if PACK_NAME not in {Path(d).name for d in nodes.LOADED_MODULE_DIRS.values()}:
                 raise RuntimeError("the OMG pack did not load into ComfyUI; see the log above")
         _booted = True
@@ -121,10 +130,30 @@ def temp_directory() -> str:
 
 
 def object_info_in_process() -> dict:
-    import nodes
-    import server
+    """What ``GET /object_info`` answers, computed in this process.
 
-    return {name: server.PromptServer.node_info(None, name) for name in nodes.NODE_CLASS_MAPPINGS}
+    ComfyUI builds it in a closure inside its route setup, so this mirrors the
+    fields that the workflow conversion and the tests read."""
+    import nodes
+    from comfy_api.internal import _ComfyNodeInternal
+
+    out = {}
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        if issubclass(cls, _ComfyNodeInternal):
+            out[name] = cls.GET_NODE_INFO_V1()
+            continue
+        inputs = cls.INPUT_TYPES()
+        out[name] = {
+            "input": inputs,
+            "input_order": {k: list(v.keys()) for k, v in inputs.items()},
+            "output": cls.RETURN_TYPES,
+            "name": name,
+            "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+            "python_module": getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes"),
+            "category": getattr(cls, "CATEGORY", "sd"),
+            "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+        }
+    return out
 
 
 # ---------------------------------------------------------------- workflows
