@@ -130,8 +130,14 @@ class ComfyPage:
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout}s")
 
     def wait_for_node_image(self, node_id: int, timeout_ms: int = 60_000) -> None:
+        """Until the node shows a loaded output image: drawn from ``node.imgs`` on the
+        LiteGraph canvas, an ``<img>`` inside the node's element in the Vue renderer."""
         self.page.wait_for_function(
-            "(id) => { const n = app.graph.getNodeById(id); return n?.imgs?.[0]?.naturalWidth > 0; }",
+            """(id) => {
+                if (app.graph.getNodeById(id)?.imgs?.[0]?.naturalWidth > 0) return true;
+                return [...document.querySelectorAll(`[data-node-id="${id}"] img`)]
+                    .some((img) => img.naturalWidth > 0 && img.src.includes("/view"));
+            }""",
             arg=node_id,
             timeout=timeout_ms,
         )
@@ -152,13 +158,13 @@ class ComfyPage:
         )
         self.page.wait_for_timeout(400)
 
-    def fit_view(self, max_scale: float = 0.8, margin: float = 30) -> None:
-        """Show every node, no larger than ``max_scale`` (above ~0.6 LiteGraph draws text),
-        clear of the side bar on the left and the menus on top."""
+    def fit_view(self, node_ids: list[int] | None = None, max_scale: float = 0.8, margin: float = 30) -> None:
+        """Show the nodes (default: all), no larger than ``max_scale``, clear of the side
+        bar on the left and the menus on top. Below ~0.6 both renderers drop widget detail."""
         self.js(
-            """([maxScale, margin]) => {
+            """([ids, maxScale, margin]) => {
                 const left = 70 + margin, top = 110 + margin;
-                const nodes = app.graph.nodes;
+                const nodes = ids ? ids.map((id) => app.graph.getNodeById(id)) : app.graph.nodes;
                 const x0 = Math.min(...nodes.map((n) => n.pos[0]));
                 const y0 = Math.min(...nodes.map((n) => n.pos[1] - 30));
                 const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
@@ -172,7 +178,7 @@ class ComfyPage:
                 ds.offset[1] = top / scale - y0;
                 app.canvas.setDirty(true, true);
             }""",
-            [max_scale, margin],
+            [node_ids, max_scale, margin],
         )
         self.page.wait_for_timeout(600)
 

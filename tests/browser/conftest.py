@@ -38,8 +38,9 @@ def comfy_server(tmp_path_factory) -> Iterator[comfy_host.ServerHost]:
     demo_assets.ensure_demo_models(base / "models")
     host = comfy_host.ServerHost(base, port=comfy_host.free_port())
     host.start()
-    # No first-run template gallery over the canvas.
+    # No first-run template gallery or minimap over the canvas.
     host.post("/settings/Comfy.TutorialCompleted", True)
+    host.post("/settings/Comfy.Minimap.Visible", False)
     yield host
     host.stop()
 

@@ -83,11 +83,13 @@ def test_editing_boxes_with_the_mouse_reaches_the_sampler_unchanged(ui, comfy_se
     assert (resized["x0"], resized["y0"]) == (b1["x0"], b1["y0"])
 
     # Draw a third box in the space freed below box 2.
-    ed.drag((0.6 * W, 0.62 * H), (0.9 * W, 0.92 * H))
+    start, end = (0.7, 0.62), (0.95, 0.92)
+    assert not any(b["x0"] <= start[0] <= b["x1"] and b["y0"] <= start[1] <= b["y1"] for b in ed.boxes())
+    ed.drag((start[0] * W, start[1] * H), (end[0] * W, end[1] * H))
     boxes = ed.boxes()
     assert len(boxes) == 3
     new = boxes[2]
-    for key, want, size in (("x0", 0.6, W), ("y0", 0.62, H), ("x1", 0.9, W), ("y1", 0.92, H)):
+    for key, want, size in (("x0", start[0], W), ("y0", start[1], H), ("x1", end[0], W), ("y1", end[1], H)):
         assert close(new[key], want, size) and on_grid(new[key], size), (key, new)
 
     # Delete it with the keyboard, then undo brings it back (and the editor shows it).
@@ -123,9 +125,9 @@ def test_editing_boxes_with_the_mouse_reaches_the_sampler_unchanged(ui, comfy_se
     executed = entry["prompt"][2]
     assert executed[str(rid)]["inputs"]["boxes"] == value
     assert any(o.get("images") for o in entry["outputs"].values())
+    shown = [rid, save_id, *ui.node_ids("KSampler"), *ui.node_ids("OMGApplyRegionalAttention")]
+    ui.fit_view(shown, max_scale=0.85)
     ui.wait_for_node_image(save_id)
-
-    ui.fit_view()
     shot = tmp_path / f"omg_regions_{ui.mode}.png"
     ui.screenshot(shot)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
