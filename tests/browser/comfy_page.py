@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 PACK_URL = "/extensions/omg/"
-EDITOR_PAD = 10  # keep equal to PAD in web/omg_regions/editor.js
+EDITOR_PAD = 10  # keep equal to PAD in web/omg_regions/render.js
 VIEWPORT = {"width": 1600, "height": 1000}
 
 

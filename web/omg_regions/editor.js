@@ -19,11 +19,11 @@ import {
   regionColour,
   resizeRect,
   serialiseBoxes,
-  shortLabel,
   spanRect,
   toPixels,
   withBoxes,
 } from "./boxes.js";
+import { closeButton, drawScene, fitImage, toLayout } from "./render.js";
 
 const STYLE_ID = "omg-regions-style";
 const CSS = `
@@ -50,9 +50,7 @@ const CSS = `
   padding: 2px 8px; cursor: pointer; }
 `;
 
-const HANDLE = 4; // half size of a resize handle, layout px
 const GRAB = 7; // grab tolerance around handles and edges, layout px
-const PAD = 10; // free space around the image area for handles
 
 const CURSORS = { n: "ns-resize", s: "ns-resize", e: "ew-resize", w: "ew-resize", ne: "nesw-resize",
   sw: "nesw-resize", nw: "nwse-resize", se: "nwse-resize", move: "move", draw: "crosshair", close: "pointer" };
@@ -234,7 +232,12 @@ export class RegionCanvas {
     this.adoptMountPoint();
     const { W, H } = this.imageSize();
     const sig = JSON.stringify([W, H, this.boxesText(), this.promptText(), !!this.inputLinked("boxes"), this.snap]);
-    if (sig === this.signature) return;
+    if (sig === this.signature) {
+      // The graph was zoomed: re-render at the new resolution.
+      const { width } = this.backingSize();
+      if (width && width !== this.canvas.width) this.draw();
+      return;
+    }
     this.signature = sig;
     this.refresh();
   }
@@ -273,7 +276,7 @@ export class RegionCanvas {
   writeRaw(text) {
     const w = this.widgetNamed("boxes");
     if (!w) return;
-    setWidgetValue(w, text);
+    setWidgetValue(this.node, w, text);
     this.signature = null;
     this.sync();
     this.commit();
@@ -281,23 +284,8 @@ export class RegionCanvas {
 
   // ------------------------------------------------------------- geometry
   layout() {
-    const cw = this.canvas.clientWidth;
-    const ch = this.canvas.clientHeight;
     const { W, H } = this.imageSize();
-    const aw = Math.max(1, cw - 2 * PAD);
-    const ah = Math.max(1, ch - 2 * PAD);
-    let iw = aw;
-    let ih = (aw * H) / W;
-    if (ih > ah) {
-      ih = ah;
-      iw = (ah * W) / H;
-    }
-    return { cw, ch, W, H, ix: (cw - iw) / 2, iy: (ch - ih) / 2, iw, ih, k: iw / W };
-  }
-
-  /** Layout-px rectangle of a pixel rectangle. */
-  toLayout(L, r) {
-    return { x0: L.ix + r.x0 * L.k, y0: L.iy + r.y0 * L.k, x1: L.ix + r.x1 * L.k, y1: L.iy + r.y1 * L.k };
+    return fitImage(this.canvas.clientWidth, this.canvas.clientHeight, W, H);
   }
 
   eventPoint(e) {
@@ -307,23 +295,15 @@ export class RegionCanvas {
     return { x: (e.clientX - rect.left) * sx, y: (e.clientY - rect.top) * sy };
   }
 
-  closeButton(L, r) {
-    const b = this.toLayout(L, r);
-    const inside = b.x1 - b.x0 >= 44 && b.y1 - b.y0 >= 30;
-    const cx = inside ? b.x1 - 10 : Math.min(L.cw - 8, b.x1 + 9);
-    const cy = inside ? b.y0 + 10 : Math.max(8, b.y0 - 9);
-    return { cx, cy, r: 7 };
-  }
-
   /** What a pointer at layout point `p` would grab. */
   hitTest(L, p) {
     const boxes = this.boxes();
     const sel = this.selected;
     if (sel >= 0 && sel < boxes.length) {
       const r = toPixels(boxes[sel], L.W, L.H);
-      const c = this.closeButton(L, r);
+      const c = closeButton(L, r);
       if (Math.hypot(p.x - c.cx, p.y - c.cy) <= c.r + 2) return { mode: "close", index: sel };
-      const b = this.toLayout(L, r);
+      const b = toLayout(L, r);
       const nearX0 = Math.abs(p.x - b.x0) <= GRAB;
       const nearX1 = Math.abs(p.x - b.x1) <= GRAB;
       const nearY0 = Math.abs(p.y - b.y0) <= GRAB;
@@ -336,7 +316,7 @@ export class RegionCanvas {
       if (p.x >= b.x0 && p.x <= b.x1 && p.y >= b.y0 && p.y <= b.y1) return { mode: "move", index: sel };
     }
     for (let i = boxes.length - 1; i >= 0; i--) {
-      const b = this.toLayout(L, toPixels(boxes[i], L.W, L.H));
+      const b = toLayout(L, toPixels(boxes[i], L.W, L.H));
       if (p.x >= b.x0 && p.x <= b.x1 && p.y >= b.y0 && p.y <= b.y1) return { mode: "move", index: i };
     }
     return { mode: "draw", index: -1 };
@@ -453,12 +433,6 @@ export class RegionCanvas {
       this.selected = -1;
       this.updateFields();
       this.draw();
-    } else if (e.key === "Tab" && n > 0 && !e.ctrlKey && !e.altKey) {
-      e.preventDefault();
-      e.stopPropagation();
-      this.selected = sel < 0 ? (e.shiftKey ? n - 1 : 0) : (sel + (e.shiftKey ? n - 1 : 1)) % n;
-      this.updateFields();
-      this.draw();
     } else if (e.key.startsWith("Arrow") && sel >= 0) {
       e.preventDefault();
       e.stopPropagation();
@@ -484,7 +458,7 @@ export class RegionCanvas {
       const lines = promptLines(w.value);
       if (i >= lines.length || (lines.length === 1 && !lines[0])) continue;
       lines.splice(i, 1);
-      setWidgetValue(w, lines.join("\n"));
+      setWidgetValue(this.node, w, lines.join("\n"));
     }
     this.selected = boxes.length ? Math.min(i, boxes.length - 1) : -1;
     this.writeBoxes(boxes);
@@ -534,173 +508,46 @@ export class RegionCanvas {
   }
 
   // -------------------------------------------------------------- drawing
+  /** Canvas pixels for crisp drawing at the current graph zoom and device pixel ratio. */
+  backingSize() {
+    const c = this.canvas;
+    const cw = c.clientWidth;
+    const ch = c.clientHeight;
+    if (!cw || !ch) return { width: 0, height: 0, scale: 1 };
+    const rect = c.getBoundingClientRect();
+    const zoom = rect.width ? rect.width / cw : 1;
+    const scale = Math.max(1, (window.devicePixelRatio || 1) * zoom);
+    return { width: Math.round(cw * scale), height: Math.round(ch * scale), scale };
+  }
+
   draw() {
     const c = this.canvas;
     const cw = c.clientWidth;
     const ch = c.clientHeight;
     if (!cw || !ch) return;
-    const rect = c.getBoundingClientRect();
-    const zoom = rect.width ? rect.width / cw : 1;
-    const scale = Math.max(1, (window.devicePixelRatio || 1) * zoom);
-    const bw = Math.round(cw * scale);
-    const bh = Math.round(ch * scale);
-    if (c.width !== bw || c.height !== bh) {
-      c.width = bw;
-      c.height = bh;
+    const { width, height, scale } = this.backingSize();
+    if (c.width !== width || c.height !== height) {
+      c.width = width;
+      c.height = height;
     }
     const ctx = c.getContext("2d");
     ctx.setTransform(scale, 0, 0, scale, 0, 0);
-    ctx.clearRect(0, 0, cw, ch);
-    ctx.fillStyle = "#161616";
-    ctx.fillRect(0, 0, cw, ch);
-    if (!this.parsed.ok) return;
-
-    const L = this.layout();
-    ctx.fillStyle = "#2a2a2a";
-    ctx.fillRect(L.ix, L.iy, L.iw, L.ih);
-    this.drawGrid(ctx, L);
-    ctx.strokeStyle = "#666";
-    ctx.lineWidth = 1;
-    ctx.strokeRect(L.ix + 0.5, L.iy + 0.5, L.iw - 1, L.ih - 1);
-
-    const boxes = this.boxes();
-    const lines = promptLines(this.promptText());
-    const order = boxes.map((_, i) => i).filter((i) => i !== this.selected);
-    if (this.selected >= 0 && this.selected < boxes.length) order.push(this.selected);
-    for (const i of order) {
-      let r = toPixels(boxes[i], L.W, L.H);
-      if (this.drag && this.drag.index === i && this.drag.rect) r = this.drag.rect;
-      const text = shortLabel(boxes[i].label ?? lines[i] ?? "");
-      this.drawBox(ctx, L, r, i, text, i === this.selected);
-    }
-    if (this.drag?.mode === "draw" && this.drag.rect) {
-      this.drawBox(ctx, L, this.drag.rect, boxes.length, shortLabel(lines[boxes.length] ?? ""), false, true);
-    }
-    if (!boxes.length && !this.drag?.rect) {
-      ctx.fillStyle = "#9a9a9a";
-      ctx.font = "14px sans-serif";
-      ctx.textAlign = "center";
-      ctx.textBaseline = "middle";
-      ctx.fillText("drag to draw a region", L.ix + L.iw / 2, L.iy + L.ih / 2);
-    }
+    drawScene(ctx, this.layout(), {
+      valid: this.parsed.ok,
+      boxes: this.boxes(),
+      lines: promptLines(this.promptText()),
+      selected: this.selected,
+      drag: this.drag,
+      snap: this.snap,
+    });
   }
-
-  drawGrid(ctx, L) {
-    // The 8 px latent grid when it is large enough to see, else every 64 px.
-    const cell = L.k * LATENT_GRID >= 6 ? LATENT_GRID : 64;
-    if (!this.snap || L.k * cell < 6) return;
-    ctx.strokeStyle = "rgba(255,255,255,0.06)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    for (let x = cell; x < L.W; x += cell) {
-      const X = Math.round(L.ix + x * L.k) + 0.5;
-      ctx.moveTo(X, L.iy);
-      ctx.lineTo(X, L.iy + L.ih);
-    }
-    for (let y = cell; y < L.H; y += cell) {
-      const Y = Math.round(L.iy + y * L.k) + 0.5;
-      ctx.moveTo(L.ix, Y);
-      ctx.lineTo(L.ix + L.iw, Y);
-    }
-    ctx.stroke();
-  }
-
-  drawBox(ctx, L, r, i, text, selected, provisional = false) {
-    const colour = regionColour(i);
-    const b = this.toLayout(L, r);
-    const w = b.x1 - b.x0;
-    const h = b.y1 - b.y0;
-    ctx.save();
-    ctx.globalAlpha = selected ? 0.3 : 0.2;
-    ctx.fillStyle = colour;
-    ctx.fillRect(b.x0, b.y0, w, h);
-    ctx.globalAlpha = 1;
-    ctx.strokeStyle = colour;
-    ctx.lineWidth = selected ? 3 : 2;
-    if (provisional) ctx.setLineDash([5, 4]);
-    ctx.strokeRect(b.x0, b.y0, w, h);
-    ctx.setLineDash([]);
-
-    // Tag: the region number, then the first words of its prompt line.
-    ctx.beginPath();
-    ctx.rect(b.x0, b.y0, w, h);
-    ctx.clip();
-    ctx.font = "bold 12px sans-serif";
-    ctx.textBaseline = "middle";
-    ctx.textAlign = "left";
-    const num = String(i + 1);
-    const numW = ctx.measureText(num).width + 8;
-    ctx.fillStyle = colour;
-    ctx.fillRect(b.x0, b.y0, numW, 17);
-    ctx.fillStyle = "#fff";
-    ctx.fillText(num, b.x0 + 4, b.y0 + 9);
-    ctx.font = "11px sans-serif";
-    const shown = fitText(ctx, text, w - numW - 8);
-    if (shown) {
-      const tw = ctx.measureText(shown).width + 8;
-      ctx.fillStyle = "rgba(0,0,0,0.55)";
-      ctx.fillRect(b.x0 + numW, b.y0, tw, 17);
-      ctx.fillStyle = "#fff";
-      ctx.fillText(shown, b.x0 + numW + 4, b.y0 + 9);
-    }
-    ctx.restore();
-
-    if (selected) {
-      ctx.fillStyle = "#fff";
-      ctx.strokeStyle = colour;
-      ctx.lineWidth = 1.5;
-      const xs = [b.x0, (b.x0 + b.x1) / 2, b.x1];
-      const ys = [b.y0, (b.y0 + b.y1) / 2, b.y1];
-      for (const x of xs) {
-        for (const y of ys) {
-          if (x === xs[1] && y === ys[1]) continue;
-          ctx.fillRect(x - HANDLE, y - HANDLE, 2 * HANDLE, 2 * HANDLE);
-          ctx.strokeRect(x - HANDLE, y - HANDLE, 2 * HANDLE, 2 * HANDLE);
-        }
-      }
-      const c = this.closeButton(L, r);
-      ctx.beginPath();
-      ctx.arc(c.cx, c.cy, c.r, 0, 2 * Math.PI);
-      ctx.fillStyle = "#222";
-      ctx.fill();
-      ctx.strokeStyle = colour;
-      ctx.stroke();
-      ctx.strokeStyle = "#fff";
-      ctx.lineWidth = 1.6;
-      ctx.beginPath();
-      ctx.moveTo(c.cx - 3, c.cy - 3);
-      ctx.lineTo(c.cx + 3, c.cy + 3);
-      ctx.moveTo(c.cx + 3, c.cy - 3);
-      ctx.lineTo(c.cx - 3, c.cy + 3);
-      ctx.stroke();
-    }
-  }
-}
-
-/** The longest prefix of `text` (cut at a word when possible, with "…") that fits `width`. */
-function fitText(ctx, text, width) {
-  if (!text || width < 12) return "";
-  if (ctx.measureText(text).width <= width) return text;
-  let words = text.replace(/…$/, "").split(" ");
-  while (words.length > 1) {
-    words = words.slice(0, -1);
-    const candidate = words.join(" ") + "…";
-    if (ctx.measureText(candidate).width <= width) return candidate;
-  }
-  let chars = words[0];
-  while (chars.length > 1) {
-    chars = chars.slice(0, -1);
-    if (ctx.measureText(chars + "…").width <= width) return chars + "…";
-  }
-  return "";
 }
 
 /** Set a widget's value the way a user edit does, so both renderers follow. */
-function setWidgetValue(widget, value) {
+function setWidgetValue(node, widget, value) {
   const old = widget.value;
   widget.value = value;
   // In the Vue renderer the callback also refreshes the node's Vue state.
   widget.callback?.(value);
-  const node = widget.node;
-  node?.onWidgetChanged?.(widget.name, value, old, widget);
+  node.onWidgetChanged?.(widget.name, value, old, widget);
 }
