@@ -3,8 +3,9 @@ that keeps it there."""
 
 from comfy_api.latest import io
 
-from omg_core.attention_patch import MODES, regional_prompting
+from omg_core.attention_patch import MODES
 from omg_core.region_images import render_preview
+from omg_core.regional_prompting import regional_prompting
 from omg_core.regions import mask_region, regions_from_widgets
 
 Regions = io.Custom("OMG_REGIONS")

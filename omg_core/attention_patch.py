@@ -39,7 +39,7 @@ import torch
 
 from omg_core.attention import mix_region, region_attention, token_attention
 from omg_core.concept import Concept, is_cross_attention_kv
-from omg_core.regions import RegionCells, RegionSpec, bind_regions, rasterize
+from omg_core.regions import RegionCells, RegionSpec, rasterize
 
 MODES = ("fused", "routed")
 _BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
@@ -360,84 +360,6 @@ def apply_regional_attention(
     return clone
 
 
-def encode_text(clip, text: str) -> torch.Tensor:
-    """Text features [1, T, D] of a prompt (T a multiple of 77 for long prompts)."""
-    return clip.encode_from_tokens(clip.tokenize(text))
-
-
-def concept_clip(model, clip, concept: Concept):
-    """A CLIP that knows one concept's trigger embeddings and text-encoder
-    update — what region prompts bound to it are encoded with in routed mode."""
-    if concept.embeddings:
-        from omg_core.trigger_tokens import clip_with_embeddings
-
-        clip = clip_with_embeddings(clip, concept.embeddings)
-    if concept.text_encoder:
-        from omg_core.patching import apply_updates
-
-        _, clip = apply_updates(
-            model, clip, {}, {k: u.scaled(concept.strength) for k, u in concept.text_encoder.items()}
-        )
-    return clip
-
-
-def regional_prompting(
-    model,
-    clip,
-    spec: RegionSpec,
-    base_prompt: str,
-    mode: str = "fused",
-    concepts: Sequence[Concept] | None = None,
-    recorder: AttentionRecorder | None = None,
-):
-    """What OMG Apply Regional Attention does: the positive CONDITIONING of the
-    global prompt and a clone of ``model`` that confines each region's prompt
-    to its region. Fused mode encodes everything with ``clip`` (the fused
-    CLIP) on ``model`` (the fused model); routed mode expects the base model
-    and CLIP and gives each region its own concept (bound by trigger word)."""
-    if not isinstance(spec, RegionSpec):
-        raise ValueError("regions must come from an OMG Regions or OMG Mask Region node")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    bindings = bind_regions(spec, list(concepts or [])) if mode == "routed" else [None] * len(spec)
-    layers = cross_attention_layers(model)
-    for concept in {id(c): c for c in bindings if c is not None}.values():
-        check_routable(concept, layers)
-    positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
-    clips: dict[str, object] = {}
-    prompts = []
-    for region, concept in zip(spec.regions, bindings):
-        c = clip
-        if concept is not None:
-            if concept.name not in clips:
-                clips[concept.name] = concept_clip(model, clip, concept)
-            c = clips[concept.name]
-        negative = region.negative_prompt.strip()
-        prompts.append(RegionPrompt(encode_text(c, region.prompt), encode_text(c, negative) if negative else None))
-    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder)
-    return patched, positive
-
-
-def token_positions(clip, prompt: str, word: str) -> list[int]:
-    """Positions of ``word``'s tokens in the features of ``prompt`` (for the
-    attention-map recorder; the first encoder's tokens); empty if absent."""
-    full = [t[0] for chunk in next(iter(clip.tokenize(prompt).values())) for t in chunk]
-    word_tokens = next(iter(clip.tokenize(word, return_word_ids=True).values()))
-    inner = [t[0] for chunk in word_tokens for t in chunk if t[2] != 0]  # word id 0: start, end, padding
-    if not inner:
-        return []
-    for start in range(len(full) - len(inner) + 1):
-        if all(_same(full[start + j], inner[j]) for j in range(len(inner))):
-            return list(range(start, start + len(inner)))
-    return []
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-    return a == b
-
-
 __all__ = [
     "MODES",
     "AttentionRecorder",
@@ -446,7 +368,5 @@ __all__ = [
     "apply_regional_attention",
     "attention_grid",
     "cross_attention_layers",
-    "regional_prompting",
     "routed_deltas",
-    "token_positions",
 ]

@@ -23,6 +23,12 @@ def ap():
     return attention_patch
 
 
+def rp():
+    from omg_core import regional_prompting
+
+    return regional_prompting
+
+
 def sdxl_cond(batch, seed, width, height):
     from omg_core.tiny_checkpoints import sdxl_conditioning
 
@@ -75,7 +81,7 @@ def test_no_regions_is_bit_identical_full_region_equals_its_prompt_and_nothing_l
     empty = ap().apply_regional_attention(model, spec(), [])
     assert torch.equal(sample(empty, pos, neg, steps=2), plain), "no regions must be plain sampling, bit for bit"
     full = spec(Region("a blue square", box=(0, 0, 1, 1)))
-    patched, positive = ap().regional_prompting(model, clip, full, "a red circle")
+    patched, positive = rp().regional_prompting(model, clip, full, "a red circle")
     regional = sample(patched, positive, neg, steps=2)
     torch.testing.assert_close(regional, sample(model, enc(clip, "a blue square"), neg, steps=2), rtol=1e-3, atol=1e-3)
     assert (regional - plain).abs().max() > 1e-2, "the region prompt must matter"
@@ -86,7 +92,7 @@ def test_full_image_long_region_prompt_equals_plain_at_odd_size_with_batch_two(s
     model, clip, _ = sd15
     neg = enc(clip, "")
     full = spec(Region(LONG, box=(0, 0, 1, 1)), width=120, height=72)
-    patched, positive = ap().regional_prompting(model, clip, full, "a red circle")
+    patched, positive = rp().regional_prompting(model, clip, full, "a red circle")
     assert patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     regional = sample(patched, positive, neg, 120, 72, steps=1, batch=2)
     plain = sample(model, enc(clip, LONG), neg, 120, 72, steps=1, batch=2)
@@ -191,6 +197,32 @@ def test_sdxl_every_transformer_depth_is_patched_and_locality_holds_on_odd_grids
     assert torch.equal(a[0, :, :3], b[0, :, :3]) and not torch.equal(a[0, :, 3:], b[0, :, 3:])
 
 
+@pytest.mark.usefixtures("comfy")
+def test_sdxl_blocks_with_two_transformers_patch_each_and_full_region_equals_plain():
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from omg_core.tiny_checkpoints import SDXL_SMALL_UNET, init_weights_
+
+    config = dict(
+        SDXL_SMALL_UNET, transformer_depth=[0, 2], transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=2
+    )
+    sdxl = comfy.supported_models.SDXL(config)
+    sdxl.set_inference_dtype(torch.float32, None)
+    base = sdxl.get_model({})
+    init_weights_(base.diffusion_model, 5)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    keys = [layer.key for layer in ap().cross_attention_layers(model)]
+    assert {("input", 3, 1), ("middle", 0, 1), ("output", 0, 1), ("output", 1, 1)} <= set(keys)
+    pos, neg, region = (sdxl_cond(1, s, 120, 72) for s in (1, 2, 3))
+    full = ap().apply_regional_attention(
+        model, spec(Region("r", box=(0, 0, 1, 1)), width=120, height=72), [ap().RegionPrompt(region[0][0])]
+    )
+    assert set(full.model_options["transformer_options"]["patches_replace"]["attn2"]) == set(keys)
+    regional = sample(full, pos, neg, 120, 72, steps=1)
+    torch.testing.assert_close(regional, sample(model, [[region[0][0], pos[0][1]]], neg, 120, 72, steps=1))
+
+
 # ----------------------------------------------------------------------------- routed mode
 
 
@@ -223,7 +255,7 @@ def test_routed_region_kv_is_its_own_concept_only_by_construction(sd15):
         k_region = layer.module.to_k(ctx[0].cond) + with_dog[key][0]
         w = layer.module.to_k.weight.float() + cat.unet[f"diffusion_model.{layer.path}.to_k.weight"].dense()
         torch.testing.assert_close(k_region, ctx[0].cond @ w.T, rtol=1e-4, atol=1e-4)
-    patched, positive = ap().regional_prompting(model, clip, layout, "a cat and a dog", "routed", [cat, dog])
+    patched, positive = rp().regional_prompting(model, clip, layout, "a cat and a dog", "routed", [cat, dog])
     latent = sample(patched, positive, enc(clip, ""), steps=1)
     assert torch.isfinite(latent).all()
 
@@ -234,7 +266,7 @@ def test_routed_mode_refuses_concepts_beyond_cross_attention_kv(sd15):
     odd = kv_concept(model, "cat", "omgcat", 1, extra_key=q_key)
     layout = spec(Region("a omgcat cat", box=LEFT))
     with pytest.raises(ValueError, match="concept 'cat' also changes 1 layer.*attn1.to_q.*use mode 'fused'"):
-        ap().regional_prompting(model, clip, layout, "a cat", "routed", [odd])
+        rp().regional_prompting(model, clip, layout, "a cat", "routed", [odd])
 
 
 def test_region_features_of_another_family_are_refused(sd15):
@@ -248,25 +280,30 @@ def test_region_features_of_another_family_are_refused(sd15):
 def test_unknown_mode_is_refused(sd15):
     model, clip, _ = sd15
     with pytest.raises(ValueError, match="mode must be one of fused, routed"):
-        ap().regional_prompting(model, clip, spec(), "x", "mixed")
+        rp().regional_prompting(model, clip, spec(), "x", "mixed")
 
 
 # ----------------------------------------------------------------------------- attention maps
 
 
-def test_recorded_attention_map_of_a_region_token_stays_in_its_box(sd15):
+def test_recorded_attention_map_of_a_concept_token_stays_in_its_box(sd15):
+    from omg_core.region_images import render_attention_maps
+
     model, clip, _ = sd15
     layout = spec(Region("a omgcat cat", box=LEFT), Region("a omgdog dog", box=(0.75, 0.0, 1.0, 1.0)))
-    positions = ap().token_positions(clip, "a omgcat cat", "omgcat")
-    assert positions and positions[0] == 2  # after the start token and "a"
-    recorder = ap().AttentionRecorder(
-        {"omgcat": (0, positions), "circle": (None, ap().token_positions(clip, "a red circle", "circle"))}
-    )
-    patched, positive = ap().regional_prompting(model, clip, layout, "a red circle", recorder=recorder)
+    cat, dog = kv_concept(model, "cat", "omgcat", 1), kv_concept(model, "dog", "omgdog", 2)
+    tokens = rp().concept_tokens(model, clip, layout, "fused", [cat, dog])
+    assert tokens["omgcat"][0] == 0 and tokens["omgcat"][1][0] == 2 and tokens["omgdog"][0] == 1  # after <start> "a"
+    tokens["circle"] = (None, rp().token_positions(clip, "a red circle", "circle"))
+    recorder = ap().AttentionRecorder(tokens)
+    patched, positive = rp().regional_prompting(model, clip, layout, "a red circle", recorder=recorder)
     sample(patched, positive, enc(clip, ""), steps=1)
     maps = recorder.maps(8, 8)
     assert maps["omgcat"][:, 4:].abs().max() == 0 and maps["omgcat"][:, :4].min() > 0
+    assert maps["omgdog"][:, :6].abs().max() == 0 and maps["omgdog"][:, 6:].min() > 0
     assert maps["circle"].min() > 0, "the global token is attended everywhere"
+    picture = render_attention_maps(maps, layout, {label: region for label, (region, _) in tokens.items()})
+    assert picture.shape == (1, 64, 3 * 64 + 2 * 4, 3)
 
 
 # ----------------------------------------------------------------------------- the nodes through ComfyUI

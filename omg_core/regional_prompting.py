@@ -1,0 +1,126 @@
+"""Region prompts to text features, and the whole of OMG Apply Regional
+Attention: encode the global and region prompts with the right CLIP, bind
+concepts in routed mode, install the patch (``omg_core.attention_patch``).
+
+Talks to ComfyUI's CLIP object (tokenize/encode) and, for routed concepts
+with text-side parts, imports ``omg_core.trigger_tokens`` / ``omg_core.patching``
+lazily — both import ComfyUI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from omg_core.attention_patch import (
+    MODES,
+    AttentionRecorder,
+    RegionPrompt,
+    apply_regional_attention,
+    check_routable,
+    cross_attention_layers,
+)
+from omg_core.concept import Concept
+from omg_core.regions import RegionSpec, bind_regions
+
+
+def encode_text(clip, text: str) -> torch.Tensor:
+    """Text features [1, T, D] of a prompt (T a multiple of 77 for long prompts)."""
+    return clip.encode_from_tokens(clip.tokenize(text))
+
+
+def concept_clip(model, clip, concept: Concept):
+    """A CLIP that knows one concept's trigger embeddings and text-encoder
+    update — what region prompts bound to it are encoded with in routed mode."""
+    if concept.embeddings:
+        from omg_core.trigger_tokens import clip_with_embeddings
+
+        clip = clip_with_embeddings(clip, concept.embeddings)
+    if concept.text_encoder:
+        from omg_core.patching import apply_updates
+
+        _, clip = apply_updates(
+            model, clip, {}, {k: u.scaled(concept.strength) for k, u in concept.text_encoder.items()}
+        )
+    return clip
+
+
+def region_clips(model, clip, spec: RegionSpec, mode: str, concepts: Sequence[Concept] | None):
+    """(bindings, clips): the concept each region gets (routed mode; None in
+    fused mode) and the CLIP its prompts are encoded with. Routed concepts
+    are checked against the model before anything is encoded."""
+    if not isinstance(spec, RegionSpec):
+        raise ValueError("regions must come from an OMG Regions or OMG Mask Region node")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    bindings = bind_regions(spec, list(concepts or [])) if mode == "routed" else [None] * len(spec)
+    layers = cross_attention_layers(model)
+    made: dict[int, object] = {}
+    for concept in bindings:
+        if concept is not None and id(concept) not in made:
+            check_routable(concept, layers)
+            made[id(concept)] = concept_clip(model, clip, concept)
+    return bindings, [clip if c is None else made[id(c)] for c in bindings]
+
+
+def regional_prompting(
+    model,
+    clip,
+    spec: RegionSpec,
+    base_prompt: str,
+    mode: str = "fused",
+    concepts: Sequence[Concept] | None = None,
+    recorder: AttentionRecorder | None = None,
+):
+    """What OMG Apply Regional Attention does: the positive CONDITIONING of the
+    global prompt and a clone of ``model`` that confines each region's prompt
+    to its region. Fused mode encodes everything with ``clip`` (the fused
+    CLIP) on ``model`` (the fused model); routed mode expects the base model
+    and CLIP and gives each region its own concept (bound by trigger word),
+    the global prompt the base model."""
+    bindings, clips = region_clips(model, clip, spec, mode, concepts)
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
+    prompts = []
+    for region, c in zip(spec.regions, clips):
+        negative = region.negative_prompt.strip()
+        prompts.append(RegionPrompt(encode_text(c, region.prompt), encode_text(c, negative) if negative else None))
+    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder)
+    return patched, positive
+
+
+def token_positions(clip, prompt: str, word: str) -> list[int]:
+    """Positions of ``word``'s tokens in the features of ``prompt`` (the first
+    encoder's tokens); empty if the word does not occur."""
+    full = [t[0] for chunk in next(iter(clip.tokenize(prompt).values())) for t in chunk]
+    word_tokens = next(iter(clip.tokenize(word, return_word_ids=True).values()))
+    inner = [t[0] for chunk in word_tokens for t in chunk if t[2] != 0]  # word id 0: start, end, padding
+    if not inner:
+        return []
+    for start in range(len(full) - len(inner) + 1):
+        if all(_same(full[start + j], inner[j]) for j in range(len(inner))):
+            return list(range(start, start + len(inner)))
+    return []
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
+def concept_tokens(
+    model, clip, spec: RegionSpec, mode: str = "fused", concepts: Sequence[Concept] | None = None
+) -> dict[str, tuple[int, list[int]]]:
+    """For an ``AttentionRecorder``: every concept trigger word that occurs in
+    a region prompt, labelled by the word, with its region and token
+    positions (found with the CLIP that region is encoded with)."""
+    _, clips = region_clips(model, clip, spec, mode, concepts)
+    out = {}
+    for i, (region, c) in enumerate(zip(spec.regions, clips)):
+        for concept in concepts or []:
+            for trigger in concept.triggers:
+                pos = token_positions(c, region.prompt, trigger)
+                if pos and trigger not in out:
+                    out[trigger] = (i, pos)
+    return out
