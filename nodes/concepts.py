@@ -75,6 +75,12 @@ class OMGLoadConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, lora_name, trigger="", strength=1.0, concepts=None) -> io.NodeOutput:
+        # Names only: ComfyUI does not check V3 combo values against the list, so a path could arrive here.
+        if lora_name not in folder_paths.get_filename_list("loras"):
+            raise ValueError(
+                f"{lora_name!r} is not a file in ComfyUI's loras folder: pick a concept from the list "
+                "(put new files into models/loras and refresh)."
+            )
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         concept = load_concept(path, model, clip, triggers=trigger or None, strength=strength)
         return io.NodeOutput(append_concept(concepts, concept))

@@ -108,7 +108,7 @@ def _key_map(model, clip) -> dict[str, str]:
     return key_map
 
 
-def _base_weight(patcher, key: str) -> torch.Tensor:
+def base_weight(patcher, key: str) -> torch.Tensor:
     """The model's own weight for ``key``, unpatched even while a patched copy
     is loaded (ComfyUI keeps the original in ``backup`` then)."""
     import comfy.utils
@@ -173,7 +173,7 @@ def to_layer_update(patch, key: str, patcher, name: str) -> LayerUpdate:
         value = patch[1][0].detach().to("cpu", torch.float32)
         if patch[0] == "diff":
             return DenseUpdate(delta=value)
-        return DenseUpdate(delta=value - _base_weight(patcher, key))
+        return DenseUpdate(delta=value - base_weight(patcher, key))
     kind = getattr(patch, "name", None) or (patch[0] if isinstance(patch, tuple) else type(patch).__name__)
     raise ValueError(
         f"{name}: layer {key} is a {kind} adapter, which OMG cannot hold as low-rank, Kronecker or dense update; "
