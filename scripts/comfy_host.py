@@ -77,16 +77,16 @@ def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_no
 
 
 class _Messages:
-    """The slice of PromptServer that the executor talks to."""
+    """The slice of PromptServer that the executor talks to; the executor keeps
+    its own record of what it reported (``status_messages``)."""
 
     def __init__(self):
         self.client_id = None
         self.last_node_id = None
         self.last_prompt_id = None
-        self.events: list[tuple[str, dict]] = []
 
     def send_sync(self, event, data, sid=None):
-        self.events.append((event, data))
+        pass
 
 
 class PromptFailed(RuntimeError):
@@ -109,12 +109,12 @@ class InProcessHost:
         valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0]:
             raise PromptFailed(f"prompt invalid: {valid[1]} {json.dumps(valid[3], default=str)[:2000]}")
-        self.messages.events.clear()
         self.executor.execute(prompt, prompt_id, {}, valid[2])
         if not self.executor.success:
-            errors = [d for e, d in self.messages.events if e == "execution_error"]
-            msg = errors[0].get("exception_message", "") if errors else "unknown error"
-            raise PromptFailed(msg.strip())
+            errors = [d for e, d in self.executor.status_messages if e == "execution_error"]
+            if not errors:
+                raise PromptFailed("the prompt failed without an execution error message")
+            raise PromptFailed(f"{errors[0]['node_type']}: {errors[0]['exception_message'].strip()}")
         return self.executor.history_result["outputs"]
 
     def node_outputs(self, node_id: str):
