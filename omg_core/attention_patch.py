@@ -32,7 +32,7 @@ not depend on any other concept — zero cross-talk by construction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -184,16 +184,20 @@ class RegionalAttention:
         self.routed = routed or {}
         self.recorder = recorder
         self.has_negatives = any(p.uncond is not None for p in self.prompts)
-        self._cells: dict[tuple[int, int], list[RegionCells]] = {}
+        self._cells: dict[tuple, list[RegionCells]] = {}
         self._moved: dict[tuple, torch.Tensor] = {}
 
     def __deepcopy__(self, memo):
         return self
 
-    def cells(self, h: int, w: int) -> list[RegionCells]:
-        if (h, w) not in self._cells:
-            self._cells[(h, w)] = rasterize(self.spec, h, w)
-        return self._cells[(h, w)]
+    def cells(self, h: int, w: int, device=None, dtype=None) -> list[RegionCells]:
+        """The regions on an h × w grid, shares on ``device`` in ``dtype``."""
+        key = (h, w, str(device), dtype)
+        if key not in self._cells:
+            self._cells[key] = [
+                replace(c, coef=c.coef.to(device=device, dtype=dtype)) for c in rasterize(self.spec, h, w)
+            ]
+        return self._cells[key]
 
     def _on(self, name: tuple, tensor: torch.Tensor, device, dtype) -> torch.Tensor:
         key = (*name, str(device), dtype)
@@ -229,7 +233,7 @@ class RegionalAttention:
         if not self.prompts:
             return g
         h, w = attention_grid(extra_options, q.shape[1])
-        cells = self.cells(h, w)
+        cells = self.cells(h, w, g.device, g.dtype)
         kinds = list(extra_options.get("cond_or_uncond") or [COND])
         if not cells or q.shape[0] % len(kinds):
             return g

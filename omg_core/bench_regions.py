@@ -207,15 +207,16 @@ def run_steps(model, width: int, height: int, steps: int, seed: int = 0) -> tupl
     return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
-def bench(name: str, model, size: int, counts, rounds: int, steps: int, couple: bool, log) -> list[dict]:
+def bench(name: str, model, size: int, counts, rounds: int, steps: int, couple_counts, log) -> list[dict]:
     from omg_core.attention_patch import apply_regional_attention
 
     configs = [("plain", 0, model)]
     for n in counts:
         spec, prompts = region_setup(n, size, size)
         configs.append(("regional", n, apply_regional_attention(model, spec, prompts)))
-        if couple:
-            configs.append(("attention couple", n, couple_model(model, spec, prompts)))
+    for n in couple_counts:
+        spec, prompts = region_setup(n, size, size)
+        configs.append(("attention couple", n, couple_model(model, spec, prompts)))
     run_steps(model, size, size, 1)  # warm-up: first-call allocations, thread pools
     times: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(configs))}
     peaks: dict[int, int] = dict.fromkeys(range(len(configs)), 0)
@@ -280,21 +281,24 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     log = print
-    couple = not args.no_couple
+
+    def couple(counts):
+        return () if args.no_couple else counts
+
     rows = []
     started = time.perf_counter()
+    tiny = build_model(SD15_UNET)
     if args.quick:
-        tiny = build_model(SD15_UNET)
-        rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple, log)
+        rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log)
     else:
-        tiny = build_model(SD15_UNET)
-        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 2, couple, log)
+        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 2, couple((2, 4, 8)), log)
         del tiny
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
         full = build_model(SD15_FULL_UNET)
-        rows += bench("SD1.5-sized", full, 256, (2, 4, 8), args.rounds or 3, 1, couple, log)
+        rows += bench("SD1.5-sized", full, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log)
         if not args.no_512:
-            rows += bench("SD1.5-sized", full, 512, (2, 8), max(1, (args.rounds or 3) - 1), 1, couple, log)
+            # one round at 512: a step costs ~4.5× one at 256
+            rows += bench("SD1.5-sized", full, 512, (2, 8), args.rounds or 1, 1, couple((8,)), log)
     print()
     print(format_table(rows))
     print(f"\n{torch.get_num_threads()} CPU threads, {time.perf_counter() - started:.0f} s in all")

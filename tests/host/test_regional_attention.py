@@ -342,6 +342,19 @@ def workflow(checkpoint, regional, boxes=None):
                 or '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 0.5, "y1": 1}, {"x0": 0.5, "y0": 0, "x1": 1, "y1": 1}]}',
                 "region_prompts": "a omgcat cat\na omgdog dog",
                 "region_negative_prompts": "blurry",
+                "regions": ["12", 0],
+            },
+        }
+        prompt["11"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+        prompt["12"] = {
+            "class_type": "OMGMaskRegion",
+            "inputs": {
+                "mask": ["11", 0],
+                "prompt": "green grass",
+                "weight": 0.5,
+                "feather": 4,
+                "ratio": 1.0,
+                "negative_prompt": "",
             },
         }
         prompt["8"] = {

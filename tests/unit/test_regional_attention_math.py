@@ -57,7 +57,7 @@ def shares_of(spec, h, w):
     return mix_shares(coverages(spec, h, w), weights, ratios).double()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     boxes=st.lists(box_strategy, min_size=1, max_size=5),
     ratios=st.lists(st.floats(0, 1), min_size=5, max_size=5),
@@ -93,7 +93,7 @@ def test_full_image_region_with_ratio_one_is_attention_to_the_region_prompt():
     torch.testing.assert_close(out, direct, rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(a=box_strategy, b=box_strategy, h=st.integers(2, 12), w=st.integers(2, 12), seed=st.integers(0, 1000))
 def test_changing_region_b_leaves_region_a_outside_the_overlap_untouched(a, b, h, w, seed):
     spec = spec_of([a, b])
@@ -141,7 +141,7 @@ def mix_of_show_rewrite(q, g, h, w, region_list, replace_ratio, heads):
     return new.reshape(b, n, c)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     boxes=st.lists(box_strategy, min_size=1, max_size=4),
     ratio=st.sampled_from([1.0, 0.7]),
@@ -168,3 +168,15 @@ def test_token_attention_is_the_softmax_probability_of_those_tokens():
     kh = k.view(1, 5, HEADS, d).transpose(1, 2)
     full = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), -1).mean(1)
     torch.testing.assert_close(probs, full[..., [1, 3]].float())
+
+
+def test_attention_grid_comes_from_the_activations_or_the_latent_halved_with_ceil():
+    import pytest
+
+    from omg_core.attention_patch import attention_grid
+
+    assert attention_grid({"activations_shape": [2, 320, 5, 8]}, 40) == (5, 8)
+    latent = {"original_shape": [2, 4, 9, 15]}
+    assert [attention_grid(latent, n) for n in (135, 40, 12, 4)] == [(9, 15), (5, 8), (3, 4), (2, 2)]
+    with pytest.raises(ValueError, match="cannot tell the attention grid of 77 queries"):
+        attention_grid(latent, 77)
