@@ -45,6 +45,15 @@ def _is_widget(kind, opts: dict) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
+def _has_control_widget(name: str, kind, opts: dict) -> bool:
+    """Whether the frontend adds a "control after generate" widget (its value follows in
+    widgets_values): asked for in the schema, or by the legacy convention for INT inputs
+    named seed / noise_seed (frontend useIntWidget)."""
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return kind == "INT" and name in ("seed", "noise_seed")
+
+
 def _default(kind, opts: dict):
     if "default" in opts:
         return opts["default"]
@@ -89,7 +98,7 @@ class Node:
             if _is_widget(kind, opts):
                 self.inputs.append(self._slot(name, kind, optional, widget=True))
                 self.widgets.append((name, _default(kind, opts)))
-                if opts.get("control_after_generate"):
+                if _has_control_widget(name, kind, opts):
                     self.widgets.append((f"{name}::control", "fixed"))
         for i, (otype, oname) in enumerate(zip(info["output"], info["output_name"])):
             self.outputs.append({"localized_name": oname, "name": oname, "type": otype, "links": None, "slot_index": i})
@@ -465,11 +474,48 @@ def orthogonality_report(g: Graph) -> None:
         g.node("PreviewAny", (1200, y), (520, 420), title=f"Table ({title})", source=report["table"])
 
 
+def train_concept(g: Graph) -> None:
+    ckpt = g.node("CheckpointLoaderSimple", (0, 0), (320, 98), ckpt_name=CHECKPOINT)
+    images = g.node(
+        "EmptyImage", (0, 140), (320, 130), title="Training images (stand-in)", width=64, height=64, batch_size=4
+    )
+    images.set(color=0xE08020)
+    g.note(
+        "Trains a concept as a LoRA on the cross-attention k/v layers, in one slot of the shared orthogonal "
+        "basis, and saves it to models/loras (then pick it in OMG Load Concept, or in LoraLoader).\n\n"
+        "The orange squares only stand in for your photos: replace them with Load Image nodes (batched) of "
+        "your concept. Give every concept you want to combine the same basis_seed and its own slot; the "
+        "demo concepts use basis seed 2024, slots 0-2. Raise steps to a few hundred for a real concept.",
+        (0, 320),
+        (320, 280),
+    )
+    train = g.node(
+        "OMGTrainConcept",
+        (360, 0),
+        (360, 560),
+        model=ckpt["MODEL"],
+        clip=ckpt["CLIP"],
+        vae=ckpt["VAE"],
+        images=images["IMAGE"],
+        trigger="omgbox",
+        class_word="box",
+        steps=10,
+        rank=4,
+        basis_seed=2024,
+        slot=3,
+        seed=SEED,
+        filename="omg-trained-box.safetensors",
+    )
+    g.node("PreviewImage", (760, 0), (420, 360), title="Loss curve", images=train["loss_curve"])
+    g.node("PreviewAny", (760, 400), (420, 120), title="Saved as", source=train["filename"])
+
+
 WORKFLOWS: dict = {
     "omg_two_concepts_regions": two_concepts_regions,
     "omg_three_concepts": three_concepts,
     "omg_fused_vs_routed": fused_vs_routed,
     "omg_orthogonality_report": orthogonality_report,
+    "omg_train_concept": train_concept,
 }
 
 

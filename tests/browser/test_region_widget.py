@@ -7,6 +7,7 @@ the API prompt the frontend builds, or the prompt the server executed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ import comfy_host
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / ".cache" / "screenshots"
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DEMO = "omg_two_concepts_regions"
 GRID = 8
 
@@ -241,3 +243,35 @@ def test_editor_accepts_exactly_the_box_values_the_backend_accepts(litegraph_ui)
         except ValueError:
             backend_ok = False
         assert editor_ok == backend_ok, text
+
+
+def test_example_workflows_load_in_the_frontend_as_saved(litegraph_ui):
+    """Every template loads with all its node types known, and the frontend's own
+    serialisation gives back the widget values in the order the file has them."""
+    ui = litegraph_ui
+    names = ui.templates().get(comfy_host.PACK_NAME, [])
+    assert set(names) == {p.stem for p in WORKFLOWS}
+    for name in names:
+        ui.load_template(comfy_host.PACK_NAME, name)
+        saved = {n["id"]: n for n in json.loads((REPO / "workflows" / f"{name}.json").read_text())["nodes"]}
+        now = ui.js(
+            "() => app.graph.nodes.map((n) => ({id: n.id, type: n.type, known: n.constructor !== LiteGraph.LGraphNode,"
+            " values: n.serialize().widgets_values}))"
+        )
+        assert {n["id"] for n in now} == set(saved), name
+        for node in now:
+            assert node["known"] and not node["type"].startswith("Missing"), (name, node["type"])
+            assert node["values"] == saved[node["id"]]["widgets_values"], (name, node["type"])
+    assert ui.log.pack_errors() == []
+
+
+def test_example_workflows_are_up_to_date_with_the_node_schemas(comfy_server, tmp_path):
+    spec = importlib.util.spec_from_file_location("omg_workflow_generator", REPO / "workflows" / "generate.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    written = generator.write_all(comfy_server.get("/object_info"), tmp_path)
+    assert {p.name for p in written} == {p.name for p in WORKFLOWS}
+    for path in written:
+        assert json.loads(path.read_text()) == json.loads((REPO / "workflows" / path.name).read_text()), (
+            f"{path.name} is stale: run .venv/bin/python workflows/generate.py"
+        )
