@@ -27,7 +27,7 @@ import { closeButton, drawScene, fitImage, toLayout } from "./render.js";
 
 const STYLE_ID = "omg-regions-style";
 const CSS = `
-.omg-regions { display: flex; flex-direction: column; gap: 4px; box-sizing: border-box; min-height: 250px;
+.omg-regions { display: flex; flex-direction: column; gap: 4px; box-sizing: border-box; min-height: 250px; height: 100%;
   font: 12px sans-serif; color: #ddd; }
 .omg-regions-stage { position: relative; flex: 1 1 auto; min-height: 190px; user-select: none; }
 .omg-regions-stage canvas { position: absolute; inset: 0; width: 100%; height: 100%; outline: none;
@@ -147,7 +147,8 @@ export class RegionCanvas {
       el("div", {}, [apply, " ", reset]),
     ]);
 
-    this.element = el("div", { className: "omg-regions" }, [this.stage, this.errorPanel, this.bar]);
+    // "widget-expands": the Vue renderer lets such widgets share the node's spare height.
+    this.element = el("div", { className: "omg-regions widget-expands" }, [this.stage, this.errorPanel, this.bar]);
     this.element.dataset.omgRegions = "editor";
 
     for (const type of ["pointerdown", "pointermove", "pointerup", "pointercancel"]) {
