@@ -168,7 +168,10 @@ def _widget_inputs(info: dict) -> list[tuple[str, bool]]:
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
                 if opts.get("forceInput"):
                     continue
-                out.append((name, bool(opts.get("control_after_generate"))))
+                # The frontend adds a "control after generate" value to seed inputs
+                # even when the schema does not ask for one.
+                default_control = kind == "INT" and name in ("seed", "noise_seed")
+                out.append((name, bool(opts.get("control_after_generate", default_control))))
     return out
 
 
