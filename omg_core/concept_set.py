@@ -9,10 +9,13 @@ weights. The checks live here once so every entry point says the same thing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
+
 from omg_core.concept import Concept, LayerUpdate
-from omg_core.patching import check_finite
+from omg_core.patching import check_finite, factor_tensors
 
 
 def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[Concept]:
@@ -35,10 +38,10 @@ def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[C
                 "results can be told apart"
             )
         seen.add(c.name)
+    _check_all_finite(concepts)
     shapes: dict[str, tuple[int, int, str]] = {}
     for c in concepts:
         for key, update in c.layers().items():
-            check_finite(key, update, owner=f"concept {c.name!r}")
             shape = (update.out_features, update.in_features, c.name)
             known = shapes.setdefault(key, shape)
             if known[:2] != shape[:2]:
@@ -47,6 +50,23 @@ def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[C
                     f"({known[0]}x{known[1]} vs {shape[0]}x{shape[1]}); they were made for different base models"
                 )
     return concepts
+
+
+def _check_all_finite(concepts: Sequence[Concept]) -> None:
+    """One reduction per tensor, one check for all: a tensor holding NaN/Inf has a
+    non-finite sum. Only when some sum is non-finite are the layers checked one
+    by one, to name the culprit (a finite tensor whose float32 sum overflows is
+    let through)."""
+    entries = [(c, key, u) for c in concepts for key, u in c.layers().items()]
+    tensors = [t for _, _, u in entries for t in factor_tensors(u)]
+    if not tensors:
+        return
+    sums = torch.stack([t.sum().float() for t in tensors])
+    scales_ok = all(math.isfinite(u.scale) for _, _, u in entries)
+    if scales_ok and bool(torch.isfinite(sums).all()):
+        return
+    for c, key, update in entries:
+        check_finite(key, update, owner=f"concept {c.name!r}")
 
 
 def scaled_layers(concept: Concept) -> dict[str, LayerUpdate]:

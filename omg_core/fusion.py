@@ -52,7 +52,7 @@ from omg_core.concept import (
 )
 from omg_core.concept_set import scaled_layers, validate_concepts
 from omg_core.orthogonality import input_subspace
-from omg_core.patching import LayerPatch, as_update_list
+from omg_core.patching import LayerPatch, as_update_list, factor_tensors
 
 FUSION_METHODS = ("additive", "least_squares", "constrained")
 Progress = Callable[[int, int], None] | None
@@ -184,19 +184,39 @@ def _solve_map(method: str, rows: torch.Tensor, lam: float, reg: torch.Tensor | 
     return torch.linalg.pinv(rows @ cinv_xt, hermitian=True) @ cinv_xt.T
 
 
-def _fit_layer(updates: Sequence[LayerUpdate | None], fs: FeatureSet, g: torch.Tensor, like: LayerUpdate):
-    """ΔW = T G with T = Σ_i ΔW_i X diag(membership_i); factored when every update is low-rank."""
+class _Fit:
+    """A solved feature set: rows X, map G and membership, cast once per working dtype."""
+
+    def __init__(self, fs: FeatureSet, g: torch.Tensor):
+        self.fs = fs
+        self._cast = {torch.float64: (fs.rows, g, fs.membership)}
+
+    def get(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if dtype not in self._cast:
+            self._cast[dtype] = tuple(t.to(dtype) for t in self._cast[torch.float64])
+        return self._cast[dtype]
+
+
+def _fit_layer(updates: Sequence[LayerUpdate | None], fit: _Fit, like: LayerUpdate):
+    """ΔW = T G with T = Σ_i ΔW_i X diag(membership_i); factored when every update is low-rank.
+
+    Computed in the factors' own precision (float32 for files, float64 when
+    given): the solve itself is done once per feature set in float64.
+    """
     present = [(i, u) for i, u in enumerate(updates) if u is not None]
     if all(isinstance(u, LowRankUpdate) for _, u in present):
-        ups = [u.scale * u.up_matrix().double() for _, u in present]
-        ks = [(u.down_matrix().double() @ fs.rows.T) * fs.membership[i] for i, u in present]
-        down = torch.cat(ks) @ g
-        dtype = _promote([u.up for _, u in present])
+        dtype = _promote([u.up for _, u in present] + [u.down for _, u in present])
+        rows, g, membership = fit.get(dtype)
+        downs = torch.cat([u.down_matrix().to(dtype) for _, u in present])  # [R, in]
+        weights = torch.cat([membership[i].expand(u.rank, -1) for i, u in present])  # [R, m]
+        down = ((downs @ rows.T) * weights) @ g
+        up = torch.cat([u.scale * u.up_matrix().to(dtype) for _, u in present], dim=1)
         kernel = {tuple(u.down.shape[1:]) for _, u in present}
         if len(kernel) == 1 and len(next(iter(kernel))) > 1:
             down = down.reshape(down.shape[0], *next(iter(kernel)))
-        return LowRankUpdate(torch.cat(ups, dim=1).to(dtype), down.to(dtype), 1.0)
-    t = sum(u.apply(fs.rows) * fs.membership[i].unsqueeze(1) for i, u in present)  # [m, out]
+        return LowRankUpdate(up, down, 1.0)
+    rows, g, membership = fit.get(torch.float64)
+    t = sum(u.apply(rows) * membership[i].unsqueeze(1) for i, u in present)  # [m, out]
     delta = (t.T @ g).to(torch.float32)
     shape = like.delta.shape if isinstance(like, DenseUpdate) else delta.shape
     return DenseUpdate(delta.reshape(shape), 1.0)
@@ -280,6 +300,7 @@ def fuse(
     reg_features: torch.Tensor | None = None,
     feature_labels: Mapping[str, Sequence[str]] | None = None,
     progress: Progress = None,
+    measure: bool = True,
 ) -> FusionResult:
     """Fuse ``concepts`` (strengths folded in) with ``method``.
 
@@ -288,7 +309,8 @@ def fuse(
     regularisation prompts' features, used by ``constrained`` and to measure
     drift; ``regularization`` is λ of the least-squares fit (relative to the
     mean feature energy) and μ of the constrained one (relative to the
-    regularisation energy).
+    regularisation energy). ``measure=False`` skips the fidelity, drift and
+    residual measurements (for timing the fusion alone).
     """
     if method not in FUSION_METHODS:
         raise ValueError(f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}")
@@ -308,7 +330,7 @@ def fuse(
     keys = sorted({k for lay in layers for k in lay})
     width = None if text is None else text[0].shape[1]
     fs_text = None
-    g_text = None
+    fit_text = None
     if text is not None:
         labels = [list(feature_labels[n]) if feature_labels and n in feature_labels else None for n in names]
         fs_text = dedupe_features(text, labels)
@@ -324,33 +346,60 @@ def fuse(
             result.summed_layers.append(key)
         else:
             if uses_text:
-                fs = fs_text
-                if g_text is None:
-                    g_text = _solve_map(method, fs.rows, regularization, reg)
-                g = g_text
+                if fit_text is None:
+                    fit_text = _Fit(fs_text, _solve_map(method, fs_text.rows, regularization, reg))
+                fit = fit_text
                 result.fitted_text_layers.append(key)
             else:
                 fs = _subspace_features(updates)
-                g = _solve_map(method, fs.rows, regularization, None)
+                fit = _Fit(fs, _solve_map(method, fs.rows, regularization, None))
                 result.fitted_subspace_layers.append(key)
-            fused = _fit_layer(updates, fs, g, present[0])
-            if method == "constrained":
-                residuals.append(_residual(fused, updates, fs))
+            fused = _fit_layer(updates, fit, present[0])
+            if method == "constrained" and measure:
+                residuals.append(_residual(fused, updates, fit.fs))
         (result.text_encoder if key in te_keys else result.unet)[key] = fused
         if progress is not None:
             progress(step + 1, len(keys))
     if residuals:
         result.constraint_residual = max(residuals)
+    if not measure:
+        return result
     result.fidelity = _fidelity(result, layers, names, text, width)
     if reg is not None and text is not None:
         result.drift = _drift(result, layers, text, reg, width)
     return result
 
 
+def fidelity_errors(
+    result: FusionResult, concepts: Sequence[Concept], features: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """Each concept's relative error ‖(ΔW_fused − ΔW_i) X_i‖ / ‖ΔW_i X_i‖ on its features
+    (cross-attention k/v layers with text features; all layers on its input subspace without)."""
+    names = [c.name for c in concepts]
+    text = _text_features(names, features)
+    width = None if text is None else text[0].shape[1]
+    return _fidelity(result, [scaled_layers(c) for c in concepts], names, text, width)
+
+
+def drift(
+    result: FusionResult,
+    concepts: Sequence[Concept],
+    features: Mapping[str, torch.Tensor],
+    unrelated: torch.Tensor,
+) -> float:
+    """How far the fused k/v move on unrelated prompts' features, relative to how far
+    each concept moves its own (RMS per row, over the cross-attention k/v layers)."""
+    names = [c.name for c in concepts]
+    text = _text_features(names, features)
+    rows = _rows(unrelated, "unrelated features")
+    return _drift(result, [scaled_layers(c) for c in concepts], text, rows, text[0].shape[1])
+
+
 def _rows(x: torch.Tensor, what: str) -> torch.Tensor:
     if x.ndim < 2:
         raise ValueError(f"{what} must be a [rows, dim] tensor (got shape {list(x.shape)})")
-    x = x.reshape(-1, x.shape[-1]).double()
+    x = x.reshape(-1, x.shape[-1])
+    x = x.double() if x.dtype == torch.float64 else x.float()  # fits are solved in float64 regardless
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contain NaN or Inf; check the CLIP that encoded them")
     return x
@@ -384,10 +433,17 @@ def _residual(fused: LayerPatch, updates, fs: FeatureSet) -> float:
     return float((got - target).norm()) / den if den > 0 else float(got.norm())
 
 
+def _work_dtype(update: LayerUpdate) -> torch.dtype:
+    t = next(iter(factor_tensors(update)))
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _layer_features(key: str, update: LayerUpdate, i: int, text, width) -> torch.Tensor | None:
     if text is not None:
-        return text[i] if is_cross_attention_kv(key) and update.in_features == width else None
-    return input_subspace(update).dense_rows()
+        x = text[i] if is_cross_attention_kv(key) and update.in_features == width else None
+    else:
+        x = input_subspace(update).dense_rows()
+    return None if x is None else x.to(_work_dtype(update))
 
 
 def _fidelity(result: FusionResult, layers, names, text, width) -> dict[str, float]:
@@ -410,10 +466,13 @@ def _drift(result: FusionResult, layers, text, reg, width) -> float:
     """‖ΔW_fused X_reg‖ relative to the concepts' own effect ‖ΔW_i X_i‖ (RMS over concepts), k/v layers."""
     moved = own = 0.0
     for key, patch in result.unet.items():
-        if not is_cross_attention_kv(key) or as_update_list(patch)[0].in_features != width:
+        first = as_update_list(patch)[0]
+        if not is_cross_attention_kv(key) or first.in_features != width:
             continue
-        moved += float(patch_apply(patch, reg).square().sum()) / reg.shape[0]
+        dtype = _work_dtype(first)
+        moved += float(patch_apply(patch, reg.to(dtype)).square().sum()) / reg.shape[0]
         for i, lay in enumerate(layers):
             if key in lay:
-                own += float(lay[key].apply(text[i]).square().sum()) / text[i].shape[0] / len(layers)
+                x = text[i].to(dtype)
+                own += float(lay[key].apply(x).square().sum()) / x.shape[0] / len(layers)
     return math.sqrt(moved / own) if own > 0 else 0.0

@@ -213,7 +213,8 @@ def _matrix_lines(names: list[str], m: torch.Tensor) -> list[str]:
 def _feature_rows(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.ndim < 2 or x.shape[-1] == 0:
         raise ValueError(f"text features of concept {name!r} must be a [rows, dim] tensor (got {list(x.shape)})")
-    x = x.reshape(-1, x.shape[-1]).double()
+    x = x.reshape(-1, x.shape[-1])
+    x = x.double() if x.dtype == torch.float64 else x.float()
     if not torch.isfinite(x).all():
         raise ValueError(f"text features of concept {name!r} contain NaN or Inf; check the CLIP that encoded them")
     return x
@@ -251,12 +252,13 @@ def cross_talk_report(
         for i in members:
             x, sources[i] = _features_for(key, layers[i][key], names[i], feats, spaces[i])
             uses_text[names[i]] |= sources[i] == "text"
-            own = float(layers[i][key].apply(x.to(torch.float64)).square().sum())
+            x = x.to(_work_dtype(layers[i][key]))
+            own = float(layers[i][key].apply(x).square().sum())
             ct_count[i] += 1
             for j in members:
                 if j == i:
                     continue
-                other = float(layers[j][key].apply(x.to(torch.float64)).square().sum())
+                other = float(layers[j][key].apply(x).square().sum())
                 ratio[(i, j)] = math.sqrt(other / own) if own > 0 else (0.0 if other == 0 else math.inf)
                 ct_sq[i, j] += ratio[(i, j)] ** 2
         for ai, i in enumerate(members):
@@ -284,6 +286,17 @@ def cross_talk_report(
         for nm in names
     }
     return CrossTalkReport(names, overlap.float(), crosstalk.float(), per_layer, sources)
+
+
+def _work_dtype(update: LayerUpdate) -> torch.dtype:
+    t = (
+        update.up
+        if isinstance(update, LowRankUpdate)
+        else update.w1
+        if isinstance(update, KroneckerUpdate)
+        else update.delta
+    )
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _features_for(key, update, name, feats, space) -> tuple[torch.Tensor, str]:

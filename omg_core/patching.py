@@ -38,7 +38,7 @@ def as_update_list(patch: LayerPatch) -> list[LayerUpdate]:
     return list(patch)
 
 
-def _factors(update: LayerUpdate) -> Iterable[torch.Tensor]:
+def factor_tensors(update: LayerUpdate) -> Iterable[torch.Tensor]:
     if isinstance(update, LowRankUpdate):
         return (update.up, update.down)
     if isinstance(update, KroneckerUpdate):
@@ -50,7 +50,7 @@ def check_finite(key: str, update: LayerUpdate, owner: str = "the update") -> No
     """NaN/Inf in a factor would silently turn every image black; refuse it."""
     if not math.isfinite(update.scale):
         raise ValueError(f"{owner} has a non-finite scale ({update.scale}) on layer {key}; fix or re-export the file")
-    for t in _factors(update):
+    for t in factor_tensors(update):
         if not torch.isfinite(t).all():
             raise ValueError(
                 f"{owner} contains NaN or Inf weights on layer {key}; the file is corrupt or was saved "
