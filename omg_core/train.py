@@ -105,6 +105,14 @@ class TrainConfig:
             raise ValueError(f"target {self.target!r} is unknown; use one of {TARGETS}")
         if self.down not in DOWN_MODES:
             raise ValueError(f"down-projection mode {self.down!r} is unknown; use one of {DOWN_MODES}")
+        if self.embedding_lr is not None and not self.embedding_lr > 0:
+            raise ValueError(
+                f"embedding learning rate must be positive (got {self.embedding_lr}); None uses learning_rate"
+            )
+        if self.prior_weight < 0:
+            raise ValueError(
+                f"prior_weight must be 0 or more (got {self.prior_weight}); 1.0 weighs class images equally"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1 (got {self.batch_size})")
         if not 0.0 <= self.crop < 1.0:

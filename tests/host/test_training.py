@@ -241,6 +241,17 @@ def test_all_attention_target_adapts_every_attention_projection(sd15):
         assert torch.equal(u.down, basis_rows(0, 3, 4, u.in_features))
 
 
+def test_prior_preservation_adds_the_class_prompt_loss(sd15):
+    model, clip, vae = sd15
+    config = _config("a", steps=2, batch_size=1)
+    plain = train_concept(model, clip, vae, _images("disc"), config)
+    with_prior = train_concept(model, clip, vae, _images("disc"), config, prior_images=_images("square", 3))
+    # same instance draws (same seed), plus a positive class-image term
+    assert all(p > q for p, q in zip(with_prior.losses, plain.losses))
+    with pytest.raises(ValueError, match="prior-preservation IMAGE batch is empty"):
+        train_concept(model, clip, vae, _images("disc"), config, prior_images=torch.zeros(0, SIZE, SIZE, 3))
+
+
 @pytest.mark.parametrize(
     "kw, images, message",
     [

@@ -30,6 +30,10 @@ def _config(**kw) -> TrainConfig:
         ({"target": "everything"}, "target 'everything' is unknown"),
         ({"down": "random"}, "down-projection mode 'random' is unknown"),
         ({"crop": 1.0}, r"crop must be in \[0, 1\)"),
+        ({"embedding_lr": -1.0}, "embedding learning rate must be positive"),
+        ({"prior_weight": -0.5}, "prior_weight must be 0 or more"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"augment_variants": -1}, "augment_variants must be 0 or more"),
         ({"prompt": "a photo of a cat"}, "must contain '{trigger}'"),
     ],
 )
