@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 
@@ -186,6 +186,7 @@ class RegionalAttention:
         self.has_negatives = any(p.uncond is not None for p in self.prompts)
         self._cells: dict[tuple, list[RegionCells]] = {}
         self._moved: dict[tuple, torch.Tensor] = {}
+        self._kv: dict[tuple, tuple] = {}
 
     def __deepcopy__(self, memo):
         return self
@@ -206,17 +207,28 @@ class RegionalAttention:
         return self._moved[key]
 
     def region_kv(self, layer: CrossAttentionLayer, index: int, branch: int, device, dtype):
+        """Region ``index``'s k/v in this block, projected with the block's own
+        weights as they are now. Kept until those weights change (ComfyUI
+        patches weights in place or swaps the parameter; lowvram patches are
+        weight functions on the module), so sampling pays the projection once
+        per run, not once per step."""
         prompt = self.prompts[index]
         ctx = prompt.cond if branch == COND else prompt.uncond
         if ctx is None:
             return None
+        slot = (layer.path, index, branch)
+        version = (_weights_version(layer.module.to_k), _weights_version(layer.module.to_v), str(device), dtype)
+        cached = self._kv.get(slot)
+        if cached is not None and None not in version[:2] and cached[0] == version:
+            return cached[1]
         ctx = self._on(("ctx", index, branch), ctx, device, dtype)
         k, v = layer.module.to_k(ctx), layer.module.to_v(ctx)
-        dk, dv = self.routed.get((layer.path, index, branch), (None, None))
+        dk, dv = self.routed.get(slot, (None, None))
         if dk is not None:
-            k = k + self._on(("dk", layer.path, index, branch), dk, device, dtype)
+            k = k + dk.to(device=device, dtype=dtype)
         if dv is not None:
-            v = v + self._on(("dv", layer.path, index, branch), dv, device, dtype)
+            v = v + dv.to(device=device, dtype=dtype)
+        self._kv[slot] = (version, (k, v))
         return k, v
 
     def attend(self, layer: CrossAttentionLayer, previous, q, k, v, extra_options: dict) -> torch.Tensor:
@@ -262,6 +274,34 @@ class RegionalAttention:
                         probs = token_attention(q_box.reshape(q_rows.shape[0], -1, q.shape[-1]), kv[0], heads, pos)
                         self.recorder.add(label, h, w, probs, cell)
         return g if out is None else out
+
+
+@lru_cache(maxsize=32)
+def _probe_vectors(out_features: int, in_features: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(out_features * 7919 + in_features)
+    return torch.randn(out_features, generator=gen).to(dtype), torch.randn(in_features, generator=gen).to(dtype)
+
+
+def _weights_version(linear) -> tuple | None:
+    """What a linear layer's output on fixed inputs depends on: its weight's
+    identity and a content fingerprint, and the weight functions (lowvram
+    LoRA) ComfyUI attached to it. ComfyUI patches weights by swapping the
+    parameter or copying into it through ``.data`` (which no version counter
+    sees), hence the fingerprint. None — do not cache — for weights off the
+    CPU, where the projection is cheap and reading a fingerprint would stall
+    the device."""
+    w = getattr(linear, "weight", None)
+    if w is None or w.device.type != "cpu" or w.ndim != 2:
+        return None
+    r_out, r_in = _probe_vectors(w.shape[0], w.shape[1], w.dtype)
+    fingerprint = float(r_out @ (w.detach() @ r_in))
+    return (
+        id(w),
+        w.data_ptr(),
+        fingerprint,
+        tuple(map(id, getattr(linear, "weight_function", ()))),
+        tuple(map(id, getattr(linear, "bias_function", ()))),
+    )
 
 
 def _call_attention(fn, q, k, v, heads, attn_precision=None, transformer_options=None):

@@ -77,6 +77,8 @@ def build_model(unet_config: dict, seed: int = 0):
 
 def grid_boxes(n: int, margin: float = 0.02) -> list[tuple[float, float, float, float]]:
     """``n`` boxes tiling the image in a grid (2: left/right, 4: 2×2, 8: 4×2)."""
+    if n == 0:
+        return []
     cols = {1: 1, 2: 2, 4: 2, 8: 4, 16: 4}.get(n, n)
     rows = (n + cols - 1) // cols
     out = []

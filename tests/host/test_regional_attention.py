@@ -260,6 +260,25 @@ def test_routed_region_kv_is_its_own_concept_only_by_construction(sd15):
     assert torch.isfinite(latent).all()
 
 
+def test_region_kv_follow_weight_patches_added_after_the_regional_patch(sd15):
+    """The patch keeps region k/v between steps; a LoRA put on the regional
+    model afterwards (a clone sharing the patch) must still be seen."""
+    from omg_core.patching import apply_updates
+
+    model, clip, _ = sd15
+    layout = spec(Region("a blue square", box=LEFT))
+    prompts = [ap().RegionPrompt(region_ctx(clip, "a blue square"))]
+    pos, neg = enc(clip, "a red circle"), enc(clip, "")
+    lora = kv_concept(model, "cat", "omgcat", 4).unet
+    regional = ap().apply_regional_attention(model, layout, prompts)
+    sample(regional, pos, neg, steps=1)  # fills the patch's k/v cache with the base weights
+    patched_after, _ = apply_updates(regional, clip, lora, {})
+    patched_first, _ = apply_updates(model, clip, lora, {})
+    fresh = ap().apply_regional_attention(patched_first, layout, prompts)
+    torch.testing.assert_close(sample(patched_after, pos, neg, steps=1), sample(fresh, pos, neg, steps=1))
+    sample(model, pos, neg, steps=1)  # leave the shared checkpoint loaded without the LoRA
+
+
 def test_routed_mode_refuses_concepts_beyond_cross_attention_kv(sd15):
     model, clip, _ = sd15
     q_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
