@@ -281,3 +281,21 @@ def test_three_fusion_methods_run_in_a_comfyui_workflow(sd15, sd15_checkpoint, h
     assert "omgcat: own input subspace" in outputs["62"]["text"][0]
     assert "Orthogonalized 2 concepts (sequential)" in outputs["72"]["text"][0]
     assert "Saved loras/workflow_fused" in outputs["71"]["text"][0]
+
+
+def test_fused_clip_knows_the_trigger_embeddings_and_features_use_them(comfy, sd15, captured):
+    from omg_core.concept import TokenEmbedding
+
+    model, clip, _ = sd15
+    cat, dog, _ = _concepts(model)
+    vectors = torch.randn(2, 768, generator=torch.Generator().manual_seed(3)) * 0.01
+    cat = Concept(
+        cat.name, cat.triggers, "sd15", "test", unet=cat.unet, embeddings=(TokenEmbedding("omgcat", "clip_l", vectors),)
+    )
+    fuse_node = _node(comfy, "OMGFuseConcepts")
+    _, new_clip, _ = fuse_node.execute(model, clip, [cat, dog], "least_squares", 1e-3, "{trigger}", "").args
+    tokens = new_clip.tokenize("a photo of omgcat")["l"][0]
+    assert sum(1 for t in tokens if not isinstance(t[0], int)) == 2, "omgcat becomes its two learned vectors"
+    assert all(isinstance(t[0], int) for t in clip.tokenize("a photo of omgcat")["l"][0]), "input CLIP untouched"
+    labels = captured[0].features.labels
+    assert sum("<embedding>" in lab for lab in labels) == 2
