@@ -21,9 +21,10 @@ prompts containing concept i's trigger (the node encodes them with the
 CLIP); on every other layer — and everywhere when no text features are given
 — X_i is an orthonormal basis of concept i's own input subspace. Features
 that several prompts or concepts share (BOS, "a photo of", …) would otherwise
-be fitted once per occurrence and dominate; they are de-duplicated: each
-distinct row is fitted once, towards the mean of the targets of the concepts
-that use it (the same optimum as weighting each occurrence by 1/count).
+be fitted once per occurrence and dominate; they are de-duplicated (rows
+within 1 % of each other count as one): each distinct row is fitted once,
+towards the mean of the targets of the concepts that use it (the same
+optimum as weighting each occurrence by 1/count).
 
 With low-rank concepts, both closed forms are themselves exactly low-rank:
 ΔW = [s1·B1 | …] · K G with K = stacked Aᵢ-projections of the features and G
@@ -55,6 +56,11 @@ from omg_core.orthogonality import input_subspace
 from omg_core.patching import LayerPatch, as_update_list, factor_tensors
 
 FUSION_METHODS = ("additive", "least_squares", "constrained")
+# Text-feature rows closer than this (relative distance) are one feature: the
+# "a photo of" rows of two concepts differ only by what their text-encoder
+# updates do to them, and fitting both exactly would blow up ΔW along their
+# tiny difference.
+TEXT_DEDUPE_TOL = 1e-2
 Progress = Callable[[int, int], None] | None
 
 
@@ -333,7 +339,7 @@ def fuse(
     fit_text = None
     if text is not None:
         labels = [list(feature_labels[n]) if feature_labels and n in feature_labels else None for n in names]
-        fs_text = dedupe_features(text, labels)
+        fs_text = dedupe_features(text, labels, tol=TEXT_DEDUPE_TOL)
     result = FusionResult(method, {}, {}, tuple(e for c in concepts for e in c.embeddings), names, regularization)
     result.features = fs_text
     residuals: list[float] = []
