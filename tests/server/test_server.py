@@ -64,8 +64,9 @@ def test_example_workflow_runs_through_prompt_api(server, server_object_info, wo
     prompt = comfy_host.workflow_to_api(workflow, server_object_info)
     entry = server.run_prompt(prompt)
     assert entry["status"]["status_str"] == "success"
-    saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
-    assert saved, f"{workflow_path.name} saved no image"
-    for img in saved:
-        path = server.base_dir / "output" / img.get("subfolder", "") / img["filename"]
+    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    assert images, f"{workflow_path.name} produced no image"
+    for img in images:
+        assert img["type"] in ("output", "temp"), img
+        path = server.base_dir / img["type"] / img.get("subfolder", "") / img["filename"]
         assert path.stat().st_size > 0
