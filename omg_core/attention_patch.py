@@ -206,7 +206,7 @@ class RegionalAttention:
             self._moved[key] = tensor.to(device=device, dtype=dtype)
         return self._moved[key]
 
-    def region_kv(self, layer: CrossAttentionLayer, index: int, branch: int, device, dtype):
+    def region_kv(self, layer: CrossAttentionLayer, index: int, branch: int, device, dtype, version=None):
         """Region ``index``'s k/v in this block, projected with the block's own
         weights as they are now. Kept until those weights change (ComfyUI
         patches weights in place or swaps the parameter; lowvram patches are
@@ -217,7 +217,7 @@ class RegionalAttention:
         if ctx is None:
             return None
         slot = (layer.path, index, branch)
-        version = (_weights_version(layer.module.to_k), _weights_version(layer.module.to_v), str(device), dtype)
+        version = version or self.weights_version(layer, device, dtype)
         cached = self._kv.get(slot)
         if cached is not None and None not in version[:2] and cached[0] == version:
             return cached[1]
@@ -230,6 +230,10 @@ class RegionalAttention:
             v = v + dv.to(device=device, dtype=dtype)
         self._kv[slot] = (version, (k, v))
         return k, v
+
+    @staticmethod
+    def weights_version(layer: CrossAttentionLayer, device, dtype) -> tuple:
+        return (_weights_version(layer.module.to_k), _weights_version(layer.module.to_v), str(device), dtype)
 
     def attend(self, layer: CrossAttentionLayer, previous, q, k, v, extra_options: dict) -> torch.Tensor:
         import comfy.ldm.modules.attention as comfy_attention
@@ -250,6 +254,7 @@ class RegionalAttention:
         if not cells or q.shape[0] % len(kinds):
             return g
         rows_per_chunk = q.shape[0] // len(kinds)
+        version = self.weights_version(layer, q.device, k.dtype)
         out = None
         for chunk, kind in enumerate(kinds):
             if kind not in (COND, UNCOND) or (kind == UNCOND and not self.has_negatives):
@@ -263,7 +268,7 @@ class RegionalAttention:
                 for label, pos in self.recorder.wants(None):
                     self.recorder.add(label, h, w, token_attention(q_rows, k[rows], heads, pos))
             for cell in cells:
-                kv = self.region_kv(layer, cell.index, kind, q.device, k.dtype)
+                kv = self.region_kv(layer, cell.index, kind, q.device, k.dtype, version)
                 if kv is None:
                     continue
                 r = region_attention(q_rows, h, w, cell, kv[0], kv[1], heads, attention)
