@@ -29,8 +29,9 @@ PACK_NAME = "omg"
 _booted = False
 
 
-def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_nodes: bool = True):
-    """Import ComfyUI in-process on the CPU, with this pack's nodes registered."""
+def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_nodes: bool = True, cpu: bool = True):
+    """Import ComfyUI in-process (on the CPU unless ``cpu=False``), with this
+    pack's nodes registered when ``load_nodes``."""
     global _booted
     if not (COMFY_DIR / "main.py").exists():
         raise RuntimeError(f"ComfyUI is not set up in {COMFY_DIR}; run scripts/setup.sh first")
@@ -38,12 +39,13 @@ def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_no
         sys.path.insert(0, str(COMFY_DIR))
     if not _booted:
         saved = sys.argv
-        sys.argv = [saved[0], "--cpu", "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME]
+        device = ["--cpu"] if cpu else []
+        sys.argv = [saved[0], *device, "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME]
         try:
             import comfy.options
 
             comfy.options.enable_args_parsing()
-            import comfy.cli_args  # noqa: F401  (parses --cpu now)
+            import comfy.cli_args  # noqa: F401  (parses the arguments now)
         finally:
             sys.argv = saved
         # main.py imports ComfyUI's top-level ``utils`` package before ``nodes``,

@@ -64,20 +64,7 @@ def boot_comfyui(cpu: bool) -> None:
 
     import comfy_host  # scripts/ is on sys.path when this file runs as a script
 
-    if cpu or not torch.cuda.is_available():
-        comfy_host.boot(load_nodes=False)
-        return
-    # comfy_host.boot always passes --cpu; this is the same boot without it.
-    sys.path.insert(0, str(comfy_host.COMFY_DIR))
-    saved, sys.argv = sys.argv, [sys.argv[0]]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401
-    finally:
-        sys.argv = saved
-    import comfy.model_management  # noqa: F401
+    comfy_host.boot(load_nodes=False, cpu=cpu or not torch.cuda.is_available())
 
 
 def main(argv: list[str] | None = None) -> int:
