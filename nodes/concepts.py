@@ -45,7 +45,9 @@ class OMGLoadConcept(io.ComfyNode):
                     tooltip="Optional trigger word(s), comma-separated, replacing the file's own. For files with "
                     "learned tokens (ED-LoRA, Custom Diffusion, native) give one word per token, in the file's "
                     "order; each word then carries that token's embedding in prompts. Mix-of-Show's layer-wise "
-                    "tokens are encoded with the mean of their per-layer embeddings (an approximation). Trigger "
+                    "tokens are encoded with the mean of their per-layer embeddings (an approximation) by plain "
+                    "text encoders; OMG Apply Regional Attention encodes them exactly, one embedding per "
+                    "cross-attention layer (SD1.5). Trigger "
                     "words must differ between concepts of one chain.",
                 ),
                 io.Float.Input(

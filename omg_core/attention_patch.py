@@ -39,6 +39,7 @@ import torch
 
 from omg_core.attention import mix_region, region_attention, token_attention
 from omg_core.concept import Concept, is_cross_attention_kv
+from omg_core.layerwise import GlobalLayerContexts, select_layer
 from omg_core.regions import RegionCells, RegionSpec, rasterize
 
 MODES = ("fused", "routed")
@@ -66,7 +67,10 @@ class CrossAttentionLayer:
 @dataclass(frozen=True, eq=False)
 class RegionPrompt:
     """A region's text features: ``cond`` [1, T, D] for the positive branch and
-    ``uncond`` (its negative prompt) or None to keep the global negative there."""
+    ``uncond`` (its negative prompt) or None to keep the global negative there.
+    Either may be per layer, [L, T, D] with L the model's cross-attention
+    layer count: block ``order`` i then reads row i (layer-wise ED-LoRA
+    tokens, ``omg_core.layerwise``)."""
 
     cond: torch.Tensor
     uncond: torch.Tensor | None = None
@@ -178,8 +182,10 @@ class RegionalAttention:
         prompts: Sequence[RegionPrompt],
         routed: dict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
         recorder: AttentionRecorder | None = None,
+        global_layers: GlobalLayerContexts | None = None,
     ):
         self.spec = spec
+        self.global_layers = global_layers
         self.prompts = list(prompts)
         self.routed = routed or {}
         self.recorder = recorder
@@ -221,7 +227,10 @@ class RegionalAttention:
         cached = self._kv.get(slot)
         if cached is not None and None not in version[:2] and cached[0] == version:
             return cached[1]
-        ctx = self._on(("ctx", index, branch), ctx, device, dtype)
+        if ctx.shape[0] > 1:  # per-layer features: this block's row
+            ctx = self._on(("ctx", index, branch, layer.order), select_layer(ctx, layer), device, dtype)
+        else:
+            ctx = self._on(("ctx", index, branch), ctx, device, dtype)
         k, v = layer.module.to_k(ctx), layer.module.to_v(ctx)
         dk, dv = self.routed.get(slot, (None, None))
         if dk is not None:
@@ -245,6 +254,10 @@ class RegionalAttention:
             attn_precision=extra_options.get("attn_precision"),
             transformer_options=extra_options,
         )
+        version = None
+        if self.global_layers is not None:  # layer-wise global prompt: this block's own encoding
+            version = self.weights_version(layer, q.device, k.dtype)
+            k, v = self.global_layers.replace(layer, k, v, extra_options, version)
         g = previous(q, k, v, extra_options) if previous is not None else attention(q, k, v, heads)
         if not self.prompts:
             return g
@@ -254,7 +267,7 @@ class RegionalAttention:
         if not cells or q.shape[0] % len(kinds):
             return g
         rows_per_chunk = q.shape[0] // len(kinds)
-        version = self.weights_version(layer, q.device, k.dtype)
+        version = version or self.weights_version(layer, q.device, k.dtype)
         out = None
         for chunk, kind in enumerate(kinds):
             if kind not in (COND, UNCOND) or (kind == UNCOND and not self.has_negatives):
@@ -359,6 +372,7 @@ def routed_deltas(
             for branch, ctx in ((COND, prompt.cond), (UNCOND, prompt.uncond)):
                 if ctx is None:
                     continue
+                ctx = select_layer(ctx, layer)
                 pair = []
                 for x in "kv":
                     update = updates.get(f"diffusion_model.{layer.path}.to_{x}.weight")
@@ -380,10 +394,14 @@ def apply_regional_attention(
     mode: str = "fused",
     bindings: Sequence[Concept | None] | None = None,
     recorder: AttentionRecorder | None = None,
+    global_layers: torch.Tensor | None = None,
 ):
     """A clone of ``model`` whose every cross-attention block does regional
     attention; ``prompts[i]`` holds region i's text features. In routed mode
-    ``bindings[i]`` is the concept whose k/v update region i gets (or None)."""
+    ``bindings[i]`` is the concept whose k/v update region i gets (or None).
+    ``global_layers`` [L, T, D]: the global prompt's per-layer encodings
+    (``omg_core.layerwise``), read by block ``order`` i in place of the
+    positive conditioning."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if len(prompts) != len(spec):
@@ -392,15 +410,22 @@ def apply_regional_attention(
     dim = layers[0].context_dim
     for i, p in enumerate(prompts):
         for t in (p.cond, p.uncond):
-            if t is not None and (t.ndim != 3 or t.shape[0] != 1 or t.shape[-1] != dim):
+            if t is not None and (t.ndim != 3 or t.shape[0] not in (1, len(layers)) or t.shape[-1] != dim):
                 raise ValueError(
                     f"region {i + 1}'s text features have shape {tuple(t.shape)} but this model's cross-attention "
-                    f"reads [1, tokens, {dim}]: encode the region prompts with the CLIP of this checkpoint"
+                    f"reads [1, tokens, {dim}] (or [{len(layers)}, tokens, {dim}] per layer): encode the region "
+                    "prompts with the CLIP of this checkpoint"
                 )
+    if global_layers is not None and (global_layers.ndim != 3 or global_layers.shape[0] != len(layers)):
+        raise ValueError(
+            f"the global prompt's per-layer features have shape {tuple(global_layers.shape)} but this model has "
+            f"{len(layers)} cross-attention layers: encode them for this model (omg_core.layerwise.layer_contexts)"
+        )
     routed = None
     if mode == "routed" and bindings is not None:
         routed = routed_deltas(layers, prompts, bindings)
-    state = RegionalAttention(spec, prompts, routed, recorder)
+    layered = None if global_layers is None else GlobalLayerContexts(global_layers)
+    state = RegionalAttention(spec, prompts, routed, recorder, layered)
     clone = model.clone()
     existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:

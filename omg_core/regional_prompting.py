@@ -22,11 +22,18 @@ from omg_core.attention_patch import (
     cross_attention_layers,
 )
 from omg_core.concept import Concept
+from omg_core.layerwise import layer_contexts
 from omg_core.regions import RegionSpec, bind_regions
 
 
-def encode_text(clip, text: str) -> torch.Tensor:
-    """Text features [1, T, D] of a prompt (T a multiple of 77 for long prompts)."""
+def encode_text(clip, text: str, layers=None) -> torch.Tensor:
+    """Text features [1, T, D] of a prompt (T a multiple of 77 for long prompts);
+    given the model's cross-attention ``layers``, a prompt with layer-wise
+    (ED-LoRA) tokens gets per-layer features [L, T, D] (``omg_core.layerwise``)."""
+    if layers is not None:
+        per_layer = layer_contexts(clip, text, layers)
+        if per_layer is not None:
+            return per_layer
     return clip.encode_from_tokens(clip.tokenize(text))
 
 
@@ -78,14 +85,21 @@ def regional_prompting(
     to its region. Fused mode encodes everything with ``clip`` (the fused
     CLIP) on ``model`` (the fused model); routed mode expects the base model
     and CLIP and gives each region its own concept (bound by trigger word),
-    the global prompt the base model."""
+    the global prompt the base model. Prompts with layer-wise (ED-LoRA)
+    tokens are encoded once per layer embedding and each cross-attention
+    layer reads its own encoding (``omg_core.layerwise``); the positive
+    CONDITIONING then carries the ordinary encoding (tokens at their mean)."""
     bindings, clips = region_clips(model, clip, spec, mode, concepts)
+    layers = cross_attention_layers(model)
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
+    global_layers = layer_contexts(clip, base_prompt, layers)
     prompts = []
     for region, c in zip(spec.regions, clips):
         negative = region.negative_prompt.strip()
-        prompts.append(RegionPrompt(encode_text(c, region.prompt), encode_text(c, negative) if negative else None))
-    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder)
+        prompts.append(
+            RegionPrompt(encode_text(c, region.prompt, layers), encode_text(c, negative, layers) if negative else None)
+        )
+    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder, global_layers)
     return patched, positive
 
 

@@ -14,7 +14,10 @@ ComfyUI prompt feature keep working because nothing else changes.
 Layer-wise ED-LoRA tokens ([layers, n, dim]: one embedding per UNet
 cross-attention layer) are encoded here with the MEAN over layers, an
 approximation — ComfyUI encodes a prompt once for all cross-attention layers.
-The concept keeps the full layer-wise vectors for exact per-layer encoding.
+The tokenizer also records the full layer-wise vectors (``_omg_layerwise``),
+and OMG Apply Regional Attention uses them for the exact path
+(``omg_core.layerwise``): one encoding per layer, each cross-attention layer
+attending to its own — for the global prompt and every region prompt.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ _IDENTIFIER = "embedding:"
 
 def prompt_vectors(embedding: TokenEmbedding) -> torch.Tensor:
     """The [n, dim] vectors one prompt encoding uses for ``embedding``
-    (layer-wise tokens: the mean over layers, see the module docstring)."""
+    (layer-wise tokens: the mean over layers; exact per-layer encoding is
+    ``omg_core.layerwise``, used by OMG Apply Regional Attention)."""
     vectors = embedding.vectors.detach().to("cpu", torch.float32)
     return vectors.mean(dim=0) if embedding.layer_wise else vectors
 
@@ -116,9 +120,15 @@ def tokenizer_with_embeddings(tokenizer, embeddings: Iterable[TokenEmbedding]):
                 f"trigger {emb.token!r} must be a single word to carry a learned embedding: choose a word without spaces."
             )
     for name, sub in subs.items():
-        table = {e.token: prompt_vectors(e) for e in embeddings if e.encoder == sub.embedding_key}
+        chosen = [e for e in embeddings if e.encoder == sub.embedding_key]
+        table = {e.token: prompt_vectors(e) for e in chosen}
         if table:
-            setattr(new, name, _with_triggers(sub, table))
+            copied = _with_triggers(sub, table)
+            # The full layer-wise vectors, for omg_core.layerwise; a token given again as a plain one drops out.
+            layerwise = {k: v for k, v in getattr(sub, "_omg_layerwise", {}).items() if k not in table}
+            layerwise.update({e.token: e.vectors.detach().to("cpu", torch.float32) for e in chosen if e.layer_wise})
+            copied._omg_layerwise = layerwise
+            setattr(new, name, copied)
     return new
 
 
