@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     if args.quick:
         rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log)
     else:
-        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 2, couple((2, 4, 8)), log)
+        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log)
         del tiny
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
         full = build_model(SD15_FULL_UNET)
