@@ -70,13 +70,19 @@ def layers_of(model):
     return cross_attention_layers(model)
 
 
-def direct_context(clip_with_te, fx, layer: int) -> torch.Tensor:
-    """The prompt encoded with layer ``layer``'s vectors as ordinary tokens."""
+@pytest.fixture(scope="module")
+def direct(edlora):
+    """The prompt encoded with each layer's vectors as ordinary tokens, one
+    encoding per layer — the computation the layer-wise path must match."""
     from omg_core.trigger_tokens import clip_with_embeddings
 
-    plain = [TokenEmbedding(t, "clip_l", v[layer : layer + 1]) for t, v in fx.embeddings.items()]
-    clip = clip_with_embeddings(clip_with_te, plain)
-    return clip.encode_from_tokens(clip.tokenize(PROMPT))
+    fx, _, clip_with_te = edlora
+    out = []
+    for layer in range(16):
+        plain = [TokenEmbedding(t, "clip_l", v[layer : layer + 1]) for t, v in fx.embeddings.items()]
+        clip = clip_with_embeddings(clip_with_te, plain)
+        out.append(clip.encode_from_tokens(clip.tokenize(PROMPT)))
+    return out
 
 
 def recording(model):
@@ -115,7 +121,7 @@ def count_encodes(clip, monkeypatch):
     return calls
 
 
-def test_each_layer_attends_to_the_global_prompt_encoded_with_its_own_layer_embedding(sd15_16, edlora):
+def test_each_layer_attends_to_the_global_prompt_encoded_with_its_own_layer_embedding(sd15_16, edlora, direct):
     from omg_core.regional_prompting import regional_prompting
 
     fx, concept, clip = edlora
@@ -130,16 +136,16 @@ def test_each_layer_attends_to_the_global_prompt_encoded_with_its_own_layer_embe
         for layer in layers:
             k, v, kinds = seen[layer.order]
             assert kinds == [0, 1]
-            ctx = direct_context(clip, fx, layer.order)
+            ctx = direct[layer.order]
             torch.testing.assert_close(k[0:1], layer.module.to_k(ctx), rtol=0, atol=1e-5)
             torch.testing.assert_close(v[0:1], layer.module.to_v(ctx), rtol=0, atol=1e-5)
             assert torch.equal(k[1:2], layer.module.to_k(negative))  # the unconditional half is untouched
             if layer.order:  # and it is not layer 0's encoding
-                other = layer.module.to_k(direct_context(clip, fx, 0))
+                other = layer.module.to_k(direct[0])
                 assert (k[0:1] - other).abs().max() > 1e-3
 
 
-def test_a_region_prompt_gets_per_layer_keys(sd15_16, edlora):
+def test_a_region_prompt_gets_per_layer_keys(sd15_16, edlora, direct):
     from omg_core.attention_patch import COND
     from omg_core.regional_prompting import regional_prompting
 
@@ -152,7 +158,7 @@ def test_a_region_prompt_gets_per_layer_keys(sd15_16, edlora):
             state = replacements[layer.key].state
             assert state.global_layers is None  # the global prompt has no layer-wise token
             k, v = state.region_kv(layer, 0, COND, torch.device("cpu"), torch.float32)
-            ctx = direct_context(clip, fx, layer.order)
+            ctx = direct[layer.order]
             torch.testing.assert_close(k, layer.module.to_k(ctx), rtol=0, atol=1e-5)
             torch.testing.assert_close(v, layer.module.to_v(ctx), rtol=0, atol=1e-5)
 
@@ -198,7 +204,7 @@ def test_plain_prompts_cost_nothing_extra_and_sample_bit_identically(sd15, edlor
     assert torch.equal(sample(patched, positive, negative, steps=1), sample(model, plain, negative, steps=1))
 
 
-def test_a_model_with_fewer_layers_uses_the_documented_section_rule(sd15, edlora):
+def test_a_model_with_fewer_layers_uses_the_documented_section_rule(sd15, edlora, direct):
     from omg_core.layerwise import layer_map
     from omg_core.regional_prompting import regional_prompting
 
@@ -212,7 +218,7 @@ def test_a_model_with_fewer_layers_uses_the_documented_section_rule(sd15, edlora
     run_unet(patched, torch.cat([positive[0][0], clip.encode_from_tokens(clip.tokenize(""))]), [0, 1])
     with torch.no_grad():
         for layer, embedding_layer in zip(layers, [0, 6, 7, 11]):
-            ctx = direct_context(clip, fx, embedding_layer)
+            ctx = direct[embedding_layer]
             torch.testing.assert_close(seen[layer.order][0][0:1], layer.module.to_k(ctx), rtol=0, atol=1e-5)
     negative = encode(clip, "")
     assert torch.isfinite(sample(patched, positive, negative, steps=1)).all()
