@@ -3,8 +3,6 @@ every way a file can be wrong for a model is refused with a message that says wh
 
 import pytest
 import torch
-from conftest import encode
-from conftest import sample as _full_sample
 from format_fixtures import (
     SD15_ATTN1_OUT,
     SD15_KV,
@@ -17,6 +15,8 @@ from format_fixtures import (
     write_peft,
 )
 from safetensors.torch import load_file, save_file
+from sampling import encode
+from sampling import sample as _full_sample
 
 from omg_core.binding import append_concept, base_weight, load_concept
 from omg_core.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate

@@ -6,8 +6,8 @@ prompts are untouched; other layer counts follow the documented rule."""
 
 import pytest
 import torch
-from conftest import encode, sample
 from format_fixtures import SD15_TE, write_edlora
+from sampling import encode, sample
 
 from omg_core.concept import TokenEmbedding
 from omg_core.regions import Region, RegionSpec

@@ -3,7 +3,7 @@ on SD1.5 (the tiny checkpoint) and SDXL (ComfyUI's SDXL class, small)."""
 
 import pytest
 import torch
-from conftest import encode, sample
+from sampling import encode, sample
 
 from omg_core.concept import Concept, LowRankUpdate
 from omg_core.regions import Region, RegionSpec

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import encode, sample
+from sampling import encode, sample
 
 
 def test_tiny_sd15_checkpoint_is_detected_as_sd15_with_finite_outputs(sd15):
@@ -35,6 +35,7 @@ def test_generated_sdxl_checkpoint_is_detected_as_sdxl_family(comfy):
     encoders), written by the same builder as the SD1.5 one."""
     import comfy.sd
     import comfy.supported_models
+
     from omg_core.tiny_checkpoints import tiny_checkpoint
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoint("sdxl")))
