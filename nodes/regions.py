@@ -3,6 +3,7 @@ that keeps it there."""
 
 from comfy_api.latest import io
 
+from omg_core.attention_maps import attention_maps_image, concept_recorder
 from omg_core.attention_patch import MODES
 from omg_core.region_images import render_preview
 from omg_core.regional_prompting import regional_prompting
@@ -156,7 +157,19 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     "uses only the concept whose trigger word it contains (its own k/v), the global prompt the base "
                     "model — no cross-talk by construction.",
                 ),
-                Concepts.Input("concepts", optional=True, tooltip="Routed mode: the concepts regions may use."),
+                Concepts.Input(
+                    "concepts",
+                    optional=True,
+                    tooltip="Routed mode: the concepts regions may use. Either mode: whose trigger words "
+                    "record_attention_maps records.",
+                ),
+                io.Boolean.Input(
+                    "record_attention_maps",
+                    default=False,
+                    optional=True,
+                    tooltip="Record each concept trigger word's cross-attention map while sampling (needs the "
+                    "concepts input), for OMG Attention Maps. Costs a little time per step.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="A patched clone; the input model is unchanged."),
@@ -166,9 +179,39 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, regions, base_prompt, mode, concepts=None) -> io.NodeOutput:
-        patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts)
+    def execute(
+        cls, model, clip, regions, base_prompt, mode, concepts=None, record_attention_maps=False
+    ) -> io.NodeOutput:
+        recorder = concept_recorder(model, clip, regions, mode, concepts) if record_attention_maps else None
+        patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts, recorder)
         return io.NodeOutput(patched, positive, render_preview(regions))
 
 
-NODES = [OMGRegions, OMGMaskRegion, OMGApplyRegionalAttention]
+class OMGAttentionMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OMGAttentionMaps",
+            display_name="OMG Attention Maps",
+            category="OMG/regions",
+            description="Where each concept token was attended in the latest sampling run, one panel per token, "
+            "with the region boxes: a concept that stayed in its box lights up only inside it.",
+            inputs=[
+                io.Model.Input(
+                    "model",
+                    tooltip="The MODEL of OMG Apply Regional Attention with record_attention_maps on "
+                    "(the one the KSampler samples with).",
+                ),
+                io.Latent.Input(
+                    "samples", tooltip="The KSampler's LATENT: makes this node run after sampling (not read)."
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="One attention-map panel per concept token.")],
+        )
+
+    @classmethod
+    def execute(cls, model, samples) -> io.NodeOutput:
+        return io.NodeOutput(attention_maps_image(model))
+
+
+NODES = [OMGRegions, OMGMaskRegion, OMGApplyRegionalAttention, OMGAttentionMaps]

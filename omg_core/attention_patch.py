@@ -45,6 +45,7 @@ from omg_core.regions import RegionCells, RegionSpec, rasterize
 MODES = ("fused", "routed")
 _BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
+RECORDER_OPTION = "omg_attention_recorder"  # transformer_options key of a model's AttentionRecorder
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,12 +135,30 @@ class AttentionRecorder:
     spec (None for the global prompt) and token positions in that prompt's
     features. Maps are averaged over heads, batch rows, layers and steps, and
     a region's tokens are recorded where they are attended — inside its box.
+    ``spec`` is the layout the maps are drawn on (``omg_core.attention_maps``).
+
+    A copy is a fresh, empty recorder for the same tokens: ModelPatcher
+    clones deep-copy their model options, and a clone sampled on its own must
+    not add its maps to (or read them from) another clone's run.
     """
 
-    def __init__(self, tokens: dict[str, tuple[int | None, Sequence[int]]]):
+    def __init__(self, tokens: dict[str, tuple[int | None, Sequence[int]]], spec: RegionSpec | None = None):
         self.tokens = {label: (region, list(pos)) for label, (region, pos) in tokens.items()}
+        self.spec = spec
         self._sums: dict[tuple[str, int, int], torch.Tensor] = {}
         self._counts: dict[tuple[str, int, int], int] = {}
+
+    def __deepcopy__(self, memo):
+        return AttentionRecorder(self.tokens, self.spec)
+
+    def reset(self) -> None:
+        """Forget what was recorded (a new sampling run starts)."""
+        self._sums.clear()
+        self._counts.clear()
+
+    @property
+    def empty(self) -> bool:
+        return not self._sums
 
     def wants(self, region: int | None) -> list[tuple[str, list[int]]]:
         return [(label, pos) for label, (r, pos) in self.tokens.items() if r == region]
@@ -267,6 +286,7 @@ class RegionalAttention:
         if not cells or q.shape[0] % len(kinds):
             return g
         rows_per_chunk = q.shape[0] // len(kinds)
+        recorder = extra_options.get(RECORDER_OPTION, self.recorder)  # this clone's own (see AttentionRecorder)
         version = version or self.weights_version(layer, q.device, k.dtype)
         out = None
         for chunk, kind in enumerate(kinds):
@@ -276,10 +296,10 @@ class RegionalAttention:
             if out is None:
                 out = g.clone()
             q_rows, g_rows, out_rows = q[rows], g[rows], out[rows]
-            record = self.recorder is not None and kind == COND
+            record = recorder is not None and kind == COND
             if record:
-                for label, pos in self.recorder.wants(None):
-                    self.recorder.add(label, h, w, token_attention(q_rows, k[rows], heads, pos))
+                for label, pos in recorder.wants(None):
+                    recorder.add(label, h, w, token_attention(q_rows, k[rows], heads, pos))
             for cell in cells:
                 kv = self.region_kv(layer, cell.index, kind, q.device, k.dtype, version)
                 if kv is None:
@@ -287,10 +307,10 @@ class RegionalAttention:
                 r = region_attention(q_rows, h, w, cell, kv[0], kv[1], heads, attention)
                 mix_region(out_rows, g_rows, h, w, cell, r)
                 if record:
-                    for label, pos in self.recorder.wants(cell.index):
+                    for label, pos in recorder.wants(cell.index):
                         q_box = q_rows.view(q_rows.shape[0], h, w, -1)[:, slice(*cell.rows), slice(*cell.cols)]
                         probs = token_attention(q_box.reshape(q_rows.shape[0], -1, q.shape[-1]), kv[0], heads, pos)
-                        self.recorder.add(label, h, w, probs, cell)
+                        recorder.add(label, h, w, probs, cell)
         return g if out is None else out
 
 
@@ -401,7 +421,9 @@ def apply_regional_attention(
     ``bindings[i]`` is the concept whose k/v update region i gets (or None).
     ``global_layers`` [L, T, D]: the global prompt's per-layer encodings
     (``omg_core.layerwise``), read by block ``order`` i in place of the
-    positive conditioning."""
+    positive conditioning. A ``recorder`` is kept in the clone's transformer
+    options and emptied when a sampling run starts, so it holds the maps of
+    the latest run with this model (or a clone of it: each clone its own)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if len(prompts) != len(spec):
@@ -431,13 +453,26 @@ def apply_regional_attention(
     for layer in layers:
         previous = existing.get(layer.key) or existing.get(layer.key[:2])
         clone.set_model_attn2_replace(_LayerPatch(state, layer, previous), *layer.key)
+    if recorder is not None:
+        from comfy.patcher_extension import CallbacksMP
+
+        clone.model_options.setdefault("transformer_options", {})[RECORDER_OPTION] = recorder
+        clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, RECORDER_OPTION, _reset_recorder)
     return clone
+
+
+def _reset_recorder(patcher) -> None:
+    """ON_PRE_RUN callback: empties the recorder of the model about to sample."""
+    recorder = patcher.model_options.get("transformer_options", {}).get(RECORDER_OPTION)
+    if recorder is not None:
+        recorder.reset()
 
 
 __all__ = [
     "MODES",
     "AttentionRecorder",
     "CrossAttentionLayer",
+    "RECORDER_OPTION",
     "RegionPrompt",
     "apply_regional_attention",
     "attention_grid",
