@@ -277,8 +277,10 @@ def region_prompts(names: list[str]) -> str:
     return "\n".join(f"a photo of {CONCEPTS[n]} {n}" for n in names)
 
 
-def sample_and_save(g: Graph, model: Out, positive: Out, clip: Out, vae: Out, latent: Out, pos, prefix: str, title=""):
-    """Negative prompt, KSampler, VAE Decode and Save Image, laid out in a 2x2 block at ``pos``."""
+def sample_and_save(
+    g: Graph, model: Out, positive: Out, clip: Out, vae: Out, latent: Out, pos, prefix: str, title=""
+) -> Node:
+    """Negative prompt, KSampler, VAE Decode and Save Image, laid out in a 2x2 block at ``pos``; returns the KSampler."""
     x, y = pos
     neg = g.node("CLIPTextEncode", (x, y + 280), (320, 120), title=f"Negative{title}", clip=clip, text=NEGATIVE)
     ks = g.node(
@@ -301,6 +303,7 @@ def sample_and_save(g: Graph, model: Out, positive: Out, clip: Out, vae: Out, la
     g.node(
         "SaveImage", (x + 700, y), (300, 340), title=f"Save Image{title}", images=dec["IMAGE"], filename_prefix=prefix
     )
+    return ks
 
 
 def regional_workflow(g: Graph, names: list[str], width: int, height: int, base_prompt: str, method: str, note: str):
@@ -351,12 +354,15 @@ def two_concepts_regions(g: Graph) -> None:
     note = (
         "Two concepts, each in its own box.\n\nThe cat and dog concepts are fused into one model (additive); "
         "OMG Regions says where each region prompt applies; OMG Apply Regional Attention keeps each prompt "
-        "inside its box.\n\n" + HOW_TO_DRAW
+        "inside its box. OMG Attention Maps shows where each concept's trigger word was attended while "
+        "sampling, with the boxes outlined: each concept stays in its box.\n\n" + HOW_TO_DRAW
     )
     ckpt, fuse, apply, latent = regional_workflow(
         g, ["cat", "dog"], SIZE, SIZE, "a photo of a cat and a dog in a garden", "additive", note
     )
-    sample_and_save(
+    concepts = [n for n in g.nodes if n.type == "OMGLoadConcept"][-1]
+    apply.set(concepts=concepts["concepts"], record_attention_maps=True)
+    ks = sample_and_save(
         g,
         apply["MODEL"],
         apply["positive"],
@@ -365,6 +371,15 @@ def two_concepts_regions(g: Graph) -> None:
         latent["LATENT"],
         (1180, 280),
         "omg_two_concepts",
+    )
+    maps = g.node("OMGAttentionMaps", (1540, 720), (300, 80), model=apply["MODEL"], samples=ks["LATENT"])
+    g.node(
+        "SaveImage",
+        (1880, 720),
+        (420, 300),
+        title="Save Attention Maps",
+        images=maps["IMAGE"],
+        filename_prefix="omg_attention_maps",
     )
 
 
