@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -27,6 +28,34 @@ COMFY_DIR = Path(os.environ.get("OMG_COMFYUI_DIR", REPO / ".comfyui"))
 PACK_NAME = "omg"
 
 _booted = False
+
+
+def _outside_event_loop(fn, *args):
+    """Call ``fn`` where ``asyncio.run`` works.
+
+    ComfyUI's executor and node loader call ``asyncio.run`` themselves; in a
+    thread that already runs an event loop (Playwright's sync API leaves one
+    in the main thread) they must run in a thread of their own, as ComfyUI's
+    own prompt worker does."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args)
+    result: list = []
+
+    def target():
+        try:
+            result.append((True, fn(*args)))
+        except BaseException as e:  # re-raised in the caller's thread
+            result.append((False, e))
+
+    thread = threading.Thread(target=target, name="omg-comfy-executor")
+    thread.start()
+    thread.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_nodes: bool = True, cpu: bool = True):
@@ -62,7 +91,7 @@ def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_no
             level = root.level
             root.setLevel(logging.ERROR if os.environ.get("OMG_VERBOSE") != "1" else level)
             try:
-                asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+                _outside_event_loop(asyncio.run, nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
             finally:
                 root.setLevel(level)
             if PACK_NAME not in {Path(d).name for d in nodes.LOADED_MODULE_DIRS.values()}:
@@ -108,10 +137,10 @@ class InProcessHost:
         import execution
 
         prompt_id = str(uuid.uuid4())
-        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        valid = _outside_event_loop(asyncio.run, execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0]:
             raise PromptFailed(f"prompt invalid: {valid[1]} {json.dumps(valid[3], default=str)[:2000]}")
-        self.executor.execute(prompt, prompt_id, {}, valid[2])
+        _outside_event_loop(self.executor.execute, prompt, prompt_id, {}, valid[2])
         if not self.executor.success:
             errors = [d for e, d in self.executor.status_messages if e == "execution_error"]
             if not errors:

@@ -7,4 +7,4 @@ cd "$ROOT"
 bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "${@:-tests}"
+exec .venv/bin/python -m pytest "$@"
