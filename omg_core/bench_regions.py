@@ -29,24 +29,7 @@ from pathlib import Path
 
 import torch
 
-SD15_FULL_UNET = dict(
-    model_channels=320,
-    context_dim=768,
-    num_heads=8,
-    num_head_channels=-1,
-    channel_mult=[1, 2, 4, 4],
-    num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    use_spatial_transformer=True,
-    use_linear_in_transformer=False,
-    legacy=False,
-    in_channels=4,
-    out_channels=4,
-    adm_in_channels=None,
-    use_temporal_attention=False,
-)
+from omg_core.tiny_checkpoints import SD15_FULL_UNET, build_sd15_inprocess
 
 
 def boot_comfy() -> None:
@@ -57,22 +40,6 @@ def boot_comfy() -> None:
     import comfy_host
 
     comfy_host.boot(load_nodes=False)
-
-
-def build_model(unet_config: dict, seed: int = 0):
-    """A ModelPatcher of ComfyUI's SD15 model class with initialised random weights."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    from omg_core.tiny_checkpoints import init_weights_
-
-    config = comfy.supported_models.SD15({"image_size": 32, **unet_config})
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    init_weights_(model.diffusion_model, seed)
-    model.eval()
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
 def grid_boxes(n: int, margin: float = 0.02) -> list[tuple[float, float, float, float]]:
@@ -289,14 +256,14 @@ def main(argv=None) -> int:
 
     rows = []
     started = time.perf_counter()
-    tiny = build_model(SD15_UNET)
+    tiny = build_sd15_inprocess(SD15_UNET)
     if args.quick:
         rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log)
     else:
         rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log)
         del tiny
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
-        full = build_model(SD15_FULL_UNET)
+        full = build_sd15_inprocess(SD15_FULL_UNET)
         rows += bench("SD1.5-sized", full, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log)
         if not args.no_512:
             # one round at 512: a step costs ~4.5× one at 256

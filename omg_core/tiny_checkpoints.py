@@ -39,6 +39,27 @@ SD15_UNET = dict(
     out_channels=4,
 )
 
+# SD1.5's real UNet layout (860 M parameters): benchmarks at SD1.5 scale, and
+# narrower copies where a test needs its 16 cross-attention layers.
+SD15_FULL_UNET = dict(
+    model_channels=320,
+    context_dim=768,
+    num_heads=8,
+    num_head_channels=-1,
+    channel_mult=[1, 2, 4, 4],
+    num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    transformer_depth_middle=1,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=False,
+    legacy=False,
+    in_channels=4,
+    out_channels=4,
+    adm_in_channels=None,
+    use_temporal_attention=False,
+)
+
 # The smallest SDXL-family layout ComfyUI's detection accepts (Segmind Vega).
 SDXL_VEGA_UNET = dict(
     model_channels=320,
@@ -256,6 +277,21 @@ SDXL_SMALL_UNET = {
     "use_spatial_transformer": True,
     "legacy": False,
 }
+
+
+def build_sd15_inprocess(unet_config: dict, seed: int = 0):
+    """ComfyUI's real SD15 model class with the given UNet layout, as a
+    ModelPatcher with initialised random weights (no checkpoint file)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15({"image_size": 32, **unet_config})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights_(model.diffusion_model, seed)
+    model.eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
 def build_sdxl_inprocess(seed: int = 0):

@@ -11,45 +11,18 @@ from sampling import encode, sample
 
 from omg_core.concept import TokenEmbedding
 from omg_core.regions import Region, RegionSpec
+from omg_core.tiny_checkpoints import SD15_FULL_UNET, build_sd15_inprocess
 
 PROMPT = "a photo of <cat1> <cat2> on a sofa"
 
 # SD1.5's layout (channel_mult 1,2,4,4; two res blocks; attention on the first
 # three levels) at 32 channels: 6 down, 1 middle, 9 up cross-attention layers.
-SD15_16_UNET = dict(
-    model_channels=32,
-    context_dim=768,
-    num_heads=2,
-    num_head_channels=-1,
-    channel_mult=[1, 2, 4, 4],
-    num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    use_spatial_transformer=True,
-    use_linear_in_transformer=False,
-    legacy=False,
-    in_channels=4,
-    out_channels=4,
-    image_size=32,
-    adm_in_channels=None,
-    use_temporal_attention=False,
-)
+SD15_16_UNET = {**SD15_FULL_UNET, "model_channels": 32, "num_heads": 2, "image_size": 32}
 
 
 @pytest.fixture(scope="module")
 def sd15_16(comfy):
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    from omg_core.tiny_checkpoints import init_weights_
-
-    config = comfy.supported_models.SD15(dict(SD15_16_UNET))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    init_weights_(model.diffusion_model, 3)
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return build_sd15_inprocess(SD15_16_UNET, seed=3)
 
 
 @pytest.fixture(scope="module")
