@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 COMFY_DIR = Path(os.environ.get("OMG_COMFYUI_DIR", REPO / ".comfyui"))
 PACK_NAME = "omg"
 
-_booted = False
+_imported = False
+_nodes_loaded = False
 
 
 def _outside_event_loop(fn, *args):
@@ -58,45 +59,60 @@ def _outside_event_loop(fn, *args):
     return value
 
 
-def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_nodes: bool = True, cpu: bool = True):
-    """Import ComfyUI in-process (on the CPU unless ``cpu=False``), with this
-    pack's nodes registered when ``load_nodes``."""
-    global _booted
+def import_comfy(cpu: bool = True) -> None:
+    """Make ComfyUI's modules importable in this process, its arguments parsed
+    (on the CPU unless ``cpu=False``); no nodes are loaded. Idempotent."""
+    global _imported
+    if _imported:
+        return
     if not (COMFY_DIR / "main.py").exists():
         raise RuntimeError(f"ComfyUI is not set up in {COMFY_DIR}; run scripts/setup.sh first")
     if str(COMFY_DIR) not in sys.path:
         sys.path.insert(0, str(COMFY_DIR))
-    if not _booted:
-        saved = sys.argv
-        device = ["--cpu"] if cpu else []
-        sys.argv = [saved[0], *device, "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME]
-        try:
-            import comfy.options
+    saved = sys.argv
+    device = ["--cpu"] if cpu else []
+    sys.argv = [saved[0], *device, "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME]
+    try:
+        import comfy.options
 
-            comfy.options.enable_args_parsing()
-            import comfy.cli_args  # noqa: F401  (parses the arguments now)
-        finally:
-            sys.argv = saved
-        # main.py imports ComfyUI's top-level ``utils`` package before ``nodes``,
-        # which puts comfy/ (holding a utils.py) first on sys.path.
-        import comfy.model_management  # noqa: F401
-        import utils.install_util  # noqa: F401
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses the arguments now)
+    finally:
+        sys.argv = saved
+    # main.py imports ComfyUI's top-level ``utils`` package before ``nodes``,
+    # which puts comfy/ (holding a utils.py) first on sys.path.
+    import comfy.model_management  # noqa: F401
+    import utils.install_util  # noqa: F401
 
-        if load_nodes:
-            import nodes
+    _imported = True
 
-            # Optional built-in nodes whose extra dependencies (torchaudio, …) are
-            # not installed log long tracebacks; they say nothing about this pack.
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.ERROR if os.environ.get("OMG_VERBOSE") != "1" else level)
-            try:
-                _outside_event_loop(asyncio.run, nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-            finally:
-                root.setLevel(level)
-            if PACK_NAME not in {Path(d).name for d in nodes.LOADED_MODULE_DIRS.values()}:
-                raise RuntimeError("the OMG pack did not load into ComfyUI; see the log above")
-        _booted = True
+
+def _load_nodes() -> None:
+    global _nodes_loaded
+    if _nodes_loaded:
+        return
+    import nodes
+
+    # Optional built-in nodes whose extra dependencies (torchaudio, …) are
+    # not installed log long tracebacks; they say nothing about this pack.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR if os.environ.get("OMG_VERBOSE") != "1" else level)
+    try:
+        _outside_event_loop(asyncio.run, nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    finally:
+        root.setLevel(level)
+    if PACK_NAME not in {Path(d).name for d in nodes.LOADED_MODULE_DIRS.values()}:
+        raise RuntimeError("the OMG pack did not load into ComfyUI; see the log above")
+    _nodes_loaded = True
+
+
+def boot(models_dir: Path | None = None, output_dir: Path | None = None, load_nodes: bool = True, cpu: bool = True):
+    """ComfyUI in-process (on the CPU unless ``cpu=False``), with this pack's
+    nodes registered when ``load_nodes``, and the given model/output folders."""
+    import_comfy(cpu=cpu)
+    if load_nodes:
+        _load_nodes()
     import folder_paths
 
     if models_dir is not None:

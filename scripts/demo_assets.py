@@ -74,6 +74,9 @@ def tiny_sd15_kv_shapes(checkpoint: Path) -> dict[str, tuple[int, int]]:
 
 def ensure_demo_models(models_dir: Path, checkpoint: Path | None = None) -> dict[str, Path]:
     """Fill ``models_dir/checkpoints`` and ``models_dir/loras``; idempotent."""
+    import comfy_host
+
+    comfy_host.import_comfy()  # the checkpoint builder uses ComfyUI's own model classes
     from omg_core.formats.native import save_native
     from omg_core.tiny_checkpoints import tiny_checkpoint
 

@@ -22,7 +22,10 @@ for p in (REPO / "scripts", REPO):
 
 @pytest.fixture(scope="session")
 def sd15_checkpoint() -> Path:
+    import comfy_host
     from omg_core.tiny_checkpoints import tiny_checkpoint
+
+    comfy_host.import_comfy()  # the builder uses ComfyUI's own model classes
 
     return tiny_checkpoint("sd15")
 
