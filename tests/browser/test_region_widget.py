@@ -59,7 +59,12 @@ def test_editing_boxes_with_the_mouse_reaches_the_sampler_unchanged(ui, comfy_se
     assert DEMO in templates.get(comfy_host.PACK_NAME, []), templates
     ui.load_template(comfy_host.PACK_NAME, DEMO)
     (rid,) = ui.node_ids("OMGRegions")
-    (save_id,) = ui.node_ids("SaveImage")
+    # The demo saves the generated image and a picture of the attention maps;
+    # the image is the one this test waits for.
+    save_id = ui.js(
+        "() => app.graph.nodes.find((n) => n.comfyClass === 'SaveImage' && "
+        "n.widgets.find((w) => w.name === 'filename_prefix').value === 'omg_two_concepts').id"
+    )
     ui.show_node(rid)
     ed = RegionEditor(ui, rid)
     W, H = ed.image_size()
