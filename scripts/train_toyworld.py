@@ -29,15 +29,20 @@ for p in (REPO / "scripts", REPO):
 
 
 class Clock:
-    """Wall and CPU seconds per stage (the CPU figure is what the machine's load does not change)."""
+    """Wall and CPU seconds per stage (the CPU figure is what the machine's load does not change).
 
-    def __init__(self):
-        self.stages: dict[str, dict[str, float]] = {}
+    Kept in ``timings.json`` beside the cached stages, so a resumed run still
+    reports what every stage cost when it ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stages: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
 
     def run(self, name, fn, *args, **kwargs):
         w, c = time.time(), time.process_time()
         out = fn(*args, **kwargs)
         self.stages[name] = {"wall_s": round(time.time() - w, 1), "cpu_s": round(time.process_time() - c, 1)}
+        self.path.write_text(json.dumps(self.stages, indent=1))
         print(f"[{name}] {self.stages[name]}", flush=True)
         return out
 
@@ -84,7 +89,9 @@ def main(argv=None) -> int:
     work = REPO / ".cache" / ("toyworld-quick" if args.quick else "toyworld")
     out_dir = work / "assets" if args.quick else CK.ASSET_DIR
     work.mkdir(parents=True, exist_ok=True)
-    clock = Clock()
+    clock = Clock(work / "timings.json")
+    if args.fresh:
+        clock.stages.clear()
     print(f"settings: {dataclasses.asdict(settings)}", flush=True)
 
     # 1. autoencoder

@@ -268,6 +268,8 @@ def train_unet(
             state.update(opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state())
             torch.save(state, f"{resume_path}.tmp")
             Path(f"{resume_path}.tmp").replace(resume_path)
+    if resume_path is not None:
+        Path(resume_path).unlink(missing_ok=True)
     dm.eval()
     with torch.no_grad():
         dm.load_state_dict(ema)

@@ -53,6 +53,7 @@ def encode(clip, text: str):
     return clip.encode_from_tokens_scheduled(clip.tokenize(text), show_pbar=False)
 
 
+@torch.no_grad()
 def sample(model, positive, negative, seed: int, batch: int, settings: SamplerSettings = SamplerSettings(), size=64):
     """Latents [batch, 4, size/8, size/8]: ``batch`` images from one seed, as KSampler would."""
     import comfy.sample
@@ -74,6 +75,7 @@ def sample(model, positive, negative, seed: int, batch: int, settings: SamplerSe
     )
 
 
+@torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Images [B, 3, H, W] in 0..1 (ComfyUI's IMAGE is [B, H, W, 3])."""
     images = vae.decode(latents)

@@ -1,0 +1,55 @@
+"""Shipped toy-world weights: quantised storage round trip and the text-encoder check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omg_core.toyworld import checkpoint as CK
+from omg_core.toyworld.bench_composition import assignments, caption_order, wilson
+
+
+def test_int8_storage_round_trip_is_within_half_a_step_per_channel():
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        "conv.weight": torch.randn(320, 320, 3, 3, generator=gen) * 0.02,
+        "lin.weight": torch.randn(640, 320, generator=gen) * torch.linspace(0.01, 1, 640)[:, None],
+        "norm.weight": torch.rand(320, generator=gen),
+    }
+    stored = CK.quantise_unet(state)
+    assert stored["unet_q.conv.weight"].dtype == torch.int8 and stored["unet_f.norm.weight"].dtype == torch.float16
+    back = CK.dequantise_unet(stored, torch.float32)
+    for k, v in state.items():
+        rows = v.reshape(v.shape[0], -1)
+        step = rows.abs().amax(1, keepdim=True) / 127
+        err = (back[k].reshape_as(rows) - rows).abs()
+        assert (err <= step / 2 + 1e-3 * rows.abs().amax()).all(), k
+
+
+def test_a_changed_text_encoder_is_refused_with_advice():
+    reference = [[0.0] * CK.PROBE_DIMS for _ in CK.PROBE_TOKENS]
+    state = CK.build_text_encoder(2)
+    with pytest.raises(ValueError, match="rebuilt from seed 2 does not match.*retrain"):
+        CK.check_text_encoder(state, reference, 2)
+
+
+def test_wilson_interval_contains_the_rate_and_narrows_with_n():
+    for k, n in [(0, 10), (5, 10), (10, 10), (30, 100)]:
+        lo, hi = wilson(k, n)
+        assert 0 <= lo <= k / n <= hi <= 1
+    assert wilson(50, 100)[1] - wilson(50, 100)[0] < wilson(5, 10)[1] - wilson(5, 10)[0]
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_assignments_are_distinct_ordered_choices():
+    names = ["a", "b", "c", "d"]
+    picks = assignments(names, 3, 24, seed=0)
+    assert len(picks) == 24 == len(set(picks)) and all(len(set(p)) == 3 for p in picks)
+    assert assignments(names, 3, 24, seed=0) == picks
+    with pytest.raises(ValueError, match="5 concepts asked for, but only 4 are loaded"):
+        assignments(names, 5, 10, seed=0)
+
+
+def test_caption_order_is_left_to_right_then_top_to_bottom():
+    quadrants = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)]
+    assert caption_order(quadrants) == [0, 2, 1, 3]
