@@ -17,12 +17,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # omg_core: the benchmark's box layouts
 FRONTEND_VERSION = "1.32.9"
-CHECKPOINT = "omg-tiny-sd15.safetensors"
-CONCEPTS = {"cat": "omgcat", "dog": "omgdog", "mug": "omgmug"}
-SEED = 42
-STEPS = 4
-SIZE = 128
+CHECKPOINT = "omg-toyworld-sd15.safetensors"  # the toy world's model (README: "The toy world")
+CONCEPTS = {"target": "target", "house": "house", "kite": "kite", "berry": "berry"}  # name -> trigger word
+BASIS_SEED = 11  # the toy-world concepts sit in slots 0-3 of this basis
+SEED = 0
+STEPS = 16
+SIZE = 128  # twice the toy model's 64-px training size: each box holds about one training image
+UPSCALE = 2  # saved images are enlarged (nearest) so they can be looked at
+# The global prompt covers everything outside the boxes; in the toy world that is plain background
+# (naming the objects there would draw them outside their boxes too).
+GLOBAL_PROMPT = ""
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -239,11 +246,12 @@ class Graph:
 NEGATIVE = "blurry, low quality, deformed"
 
 
-def lora(name: str) -> str:
-    return f"omg-demo-{name}.safetensors"
+def lora(name: str, plain: bool = False) -> str:
+    """The toy-world concept file: orthogonal (basis slot) or plain (free LoRA)."""
+    return f"toyworld-{name}-plain.safetensors" if plain else f"toyworld-{name}.safetensors"
 
 
-def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int) -> Node:
+def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int, plain: bool = False) -> Node:
     """One OMG Load Concept per name, each appending to the previous list."""
     prev = None
     for i, name in enumerate(names):
@@ -251,10 +259,10 @@ def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int) -> Nod
             "OMGLoadConcept",
             (x, y + i * 180),
             (320, 150),
-            title=f"OMG Load Concept ({CONCEPTS[name]})",
+            title=f"OMG Load Concept ({name}{', plain' if plain else ''})",
             model=ckpt["MODEL"],
             clip=ckpt["CLIP"],
-            lora_name=lora(name),
+            lora_name=lora(name, plain),
             strength=1.0,
         )
         if prev is not None:
@@ -263,18 +271,16 @@ def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int) -> Nod
     return prev
 
 
-def even_boxes(n: int, margin: float = 0.04) -> str:
-    """n side-by-side boxes with a gap between them."""
-    width = (1 - margin * (n + 1)) / n
-    boxes = []
-    for i in range(n):
-        x0 = margin + i * (width + margin)
-        boxes.append({"x0": round(x0, 4), "y0": 0.1, "x1": round(x0 + width, 4), "y1": 0.9})
+def layout_boxes(n: int) -> str:
+    """The composition benchmark's layout for n concepts, as the OMG Regions widget stores boxes."""
+    from omg_core.toyworld.bench_composition import LAYOUTS
+
+    boxes = [dict(zip(("x0", "y0", "x1", "y1"), box)) for box in LAYOUTS[n]]
     return json.dumps({"version": 1, "boxes": boxes})
 
 
 def region_prompts(names: list[str]) -> str:
-    return "\n".join(f"a photo of {CONCEPTS[n]} {n}" for n in names)
+    return "\n".join(f"a {CONCEPTS[n]}" for n in names)
 
 
 def sample_and_save(
@@ -300,13 +306,21 @@ def sample_and_save(
         denoise=1.0,
     )
     dec = g.node("VAEDecode", (x + 360, y + 300), (220, 46), samples=ks["LATENT"], vae=vae)
+    big = g.node(
+        "ImageScaleBy",
+        (x + 360, y + 380),
+        (260, 82),
+        image=dec["IMAGE"],
+        upscale_method="nearest-exact",
+        scale_by=float(UPSCALE),
+    )
     g.node(
-        "SaveImage", (x + 700, y), (300, 340), title=f"Save Image{title}", images=dec["IMAGE"], filename_prefix=prefix
+        "SaveImage", (x + 700, y), (300, 340), title=f"Save Image{title}", images=big["IMAGE"], filename_prefix=prefix
     )
     return ks
 
 
-def regional_workflow(g: Graph, names: list[str], width: int, height: int, base_prompt: str, method: str, note: str):
+def regional_workflow(g: Graph, names: list[str], width: int, height: int, prompt: str, method: str, note: str):
     """Checkpoint -> concepts -> fuse -> OMG Regions -> regional attention -> sampler -> image."""
     ckpt = g.node("CheckpointLoaderSimple", (0, 0), (320, 98), ckpt_name=CHECKPOINT)
     concepts = concept_chain(g, ckpt, names, 0, 140)
@@ -327,7 +341,7 @@ def regional_workflow(g: Graph, names: list[str], width: int, height: int, base_
         (400, 720),
         width=width,
         height=height,
-        boxes=even_boxes(len(names), margin=0.05),
+        boxes=layout_boxes(len(names)),
         region_prompts=region_prompts(names),
     )
     g.node("PreviewImage", (360, 470), (340, 300), title="Region masks", images=regions["mask_preview"])
@@ -338,7 +352,7 @@ def regional_workflow(g: Graph, names: list[str], width: int, height: int, base_
         model=fuse["MODEL"],
         clip=fuse["CLIP"],
         regions=regions["regions"],
-        base_prompt=base_prompt,
+        base_prompt=prompt,
         mode="fused",
     )
     return ckpt, fuse, apply, latent
@@ -352,14 +366,13 @@ HOW_TO_DRAW = (
 
 def two_concepts_regions(g: Graph) -> None:
     note = (
-        "Two concepts, each in its own box.\n\nThe cat and dog concepts are fused into one model (additive); "
+        "Two concepts, each in its own box.\n\nThe toy world's house and berry concepts (trained in orthogonal "
+        "slots of one basis) are fused into one model (additive); "
         "OMG Regions says where each region prompt applies; OMG Apply Regional Attention keeps each prompt "
         "inside its box. OMG Attention Maps shows where each concept's trigger word was attended while "
         "sampling, with the boxes outlined: each concept stays in its box.\n\n" + HOW_TO_DRAW
     )
-    ckpt, fuse, apply, latent = regional_workflow(
-        g, ["cat", "dog"], SIZE, SIZE, "a photo of a cat and a dog in a garden", "additive", note
-    )
+    ckpt, fuse, apply, latent = regional_workflow(g, ["house", "berry"], SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
     concepts = [n for n in g.nodes if n.type == "OMGLoadConcept"][-1]
     apply.set(concepts=concepts["concepts"], record_attention_maps=True)
     ks = sample_and_save(
@@ -391,10 +404,10 @@ def three_concepts(g: Graph) -> None:
     )
     ckpt, fuse, apply, latent = regional_workflow(
         g,
-        ["cat", "dog", "mug"],
-        SIZE + SIZE // 2,
+        ["target", "house", "kite"],
         SIZE,
-        "a photo of a cat, a dog and a mug on a table",
+        SIZE,
+        GLOBAL_PROMPT,
         "least_squares",
         note,
     )
@@ -416,9 +429,9 @@ def fused_vs_routed(g: Graph) -> None:
         "prompt sees both. Bottom (routed): the base model, and each region's prompt uses only the concept whose "
         "trigger word it contains - no cross-talk by construction.\n\n" + HOW_TO_DRAW
     )
-    names = ["cat", "dog"]
-    base_prompt = "a photo of a cat and a dog in a garden"
-    ckpt, fuse, apply, latent = regional_workflow(g, names, SIZE, SIZE, base_prompt, "additive", note)
+    names = ["house", "berry"]
+    prompt = GLOBAL_PROMPT
+    ckpt, fuse, apply, latent = regional_workflow(g, names, SIZE, SIZE, prompt, "additive", note)
     apply.title = "OMG Apply Regional Attention (fused)"
     sample_and_save(
         g,
@@ -441,7 +454,7 @@ def fused_vs_routed(g: Graph) -> None:
         model=ckpt["MODEL"],
         clip=ckpt["CLIP"],
         regions=regions["regions"],
-        base_prompt=base_prompt,
+        base_prompt=prompt,
         mode="routed",
         concepts=concepts["concepts"],
     )
@@ -459,14 +472,15 @@ def fused_vs_routed(g: Graph) -> None:
 
 
 def orthogonality_report(g: Graph) -> None:
-    names = ["cat", "dog", "mug"]
+    names = ["target", "house", "kite"]
     ckpt = g.node("CheckpointLoaderSimple", (0, 0), (320, 98), ckpt_name=CHECKPOINT)
-    concepts = concept_chain(g, ckpt, names, 0, 140)
+    concepts = concept_chain(g, ckpt, names, 0, 140, plain=True)
     g.note(
         "How much the concepts interfere: the overlap of their input subspaces and the cross-talk of each "
-        "concept on the others' prompts (heatmap and table).\n\nThe second report is after OMG Orthogonalize: "
-        "concepts trained on the shared orthogonal basis are already orthogonal and stay as they are; concepts "
-        "trained independently lose their overlap at a small, reported fidelity cost.",
+        "concept on the others' prompts (heatmap and table).\n\nThese are the plain versions of three toy-world "
+        "concepts, trained independently (free down-projections), so they overlap. The second report is after "
+        "OMG Orthogonalize: their overlap is gone at a small, reported fidelity cost. Concepts trained on the "
+        "shared orthogonal basis (toyworld-<name>.safetensors) are orthogonal already and stay as they are.",
         (0, 140 + 180 * len(names)),
         (320, 250),
     )
@@ -500,7 +514,7 @@ def train_concept(g: Graph) -> None:
         "basis, and saves it to models/loras (then pick it in OMG Load Concept, or in LoraLoader).\n\n"
         "The orange squares only stand in for your photos: replace them with Load Image nodes (batched) of "
         "your concept. Give every concept you want to combine the same basis_seed and its own slot; the "
-        "demo concepts use basis seed 2024, slots 0-2. Raise steps to a few hundred for a real concept.",
+        "toy-world concepts use basis seed 11, slots 0-3. Raise steps to a few hundred for a real concept.",
         (0, 320),
         (320, 280),
     )
@@ -516,8 +530,8 @@ def train_concept(g: Graph) -> None:
         class_word="box",
         steps=10,
         rank=4,
-        basis_seed=2024,
-        slot=3,
+        basis_seed=BASIS_SEED,
+        slot=len(CONCEPTS),
         seed=SEED,
         filename="omg-trained-box.safetensors",
     )

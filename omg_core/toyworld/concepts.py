@@ -1,0 +1,348 @@
+"""The toy world's personal concepts: trained with the pack's trainer, written in every format.
+
+Each personal object (``scenes.PERSONAL_OBJECTS``) is trained from ten seeded
+photos with ``omg_core.train.train_concept`` twice, with the same settings:
+
+* *orthogonal*: k/v-only LoRA whose down-projections are rows of the shared
+  basis, concept i in slot i — what the pack's fusion and routing are for;
+* *plain*: free (trained) down-projections — an ordinary LoRA, the baseline
+  that naive stacking and area conditioning use.
+
+Both learn the trigger word's embedding too (Mix-of-Show's ED-LoRA recipe):
+a k/v update alone reads the trigger only through a fixed random text
+feature, and in this small world that drew one-colour blobs where a
+two-colour object was asked for; with the embedding the concepts come out
+whole.
+
+The orthogonal concepts are also written in each external format the pack
+reads, exactly (every format below holds a k/v low-rank update and one token
+vector without loss): kohya/sd-scripts LoRA and LyCORIS LoKr (with a 1×1
+first Kronecker factor, kron([[1]], B·A) = B·A) with the token as a bundled
+embedding, diffusers/PEFT LoRA (bundled embedding as well), Mix-of-Show
+ED-LoRA (token ``<name1>``, the vector repeated for every layer) and Custom
+Diffusion ``delta.ckpt`` (its compressed form: the change as ``{'u', 'v'}``
+factors; token ``<new1>``).
+
+ComfyUI is imported lazily inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from omg_core.concept import Concept, LowRankUpdate
+from omg_core.toyworld import scenes as S
+from omg_core.toyworld.checkpoint import ASSET_DIR
+
+CONCEPT_DIR = ASSET_DIR / "concepts"
+BASIS_SEED = 11
+CLASS_WORDS = {"target": "circle", "house": "square", "kite": "triangle", "berry": "circle"}
+
+# Our SD1.5 layout (one resolution level) in diffusers' module names.
+DIFFUSERS_BLOCKS = {
+    "input_blocks.1.1": "down_blocks.0.attentions.0",
+    "middle_block.1": "mid_block.attentions.0",
+    "output_blocks.0.1": "up_blocks.0.attentions.0",
+    "output_blocks.1.1": "up_blocks.0.attentions.1",
+}
+EXTERNAL_FORMATS = {  # format -> concept written in it
+    "kohya": "target",
+    "peft": "house",
+    "edlora": "kite",
+    "custom_diffusion": "berry",
+    "lokr": "target",
+}
+
+
+@dataclass(frozen=True)
+class ConceptTrainSettings:
+    steps: int = 400
+    learning_rate: float = 5e-3
+    rank: int = 4
+    batch_size: int = 4
+    images: int = 10
+    seed: int = 0
+    learn_embedding: bool = True
+
+
+def orthogonal_file(name: str, directory: Path = CONCEPT_DIR) -> Path:
+    return Path(directory) / f"toyworld-{name}.safetensors"
+
+
+def plain_file(name: str, directory: Path = CONCEPT_DIR) -> Path:
+    return Path(directory) / f"toyworld-{name}-plain.safetensors"
+
+
+def training_images(name: str, n: int = 10, seed: int = 0) -> torch.Tensor:
+    """The user's photos of a personal object as a ComfyUI IMAGE batch [n, 64, 64, 3]."""
+    return S.to_tensor([s.image for s in S.personal_training_set(name, n, seed)]).permute(0, 2, 3, 1).contiguous()
+
+
+def train_config(name: str, slot: int, orthogonal: bool, settings: ConceptTrainSettings):
+    from omg_core.train import TrainConfig
+
+    return TrainConfig(
+        trigger=S.PERSONAL_OBJECTS[name],
+        class_word=CLASS_WORDS[name],
+        steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        rank=settings.rank,
+        basis_seed=BASIS_SEED,
+        slot=slot,
+        seed=settings.seed + slot,
+        down="basis" if orthogonal else "free",
+        batch_size=settings.batch_size,
+        learn_embedding=settings.learn_embedding,
+        prompt="a {trigger}",
+        class_prompt="a {class}",
+        name=name,
+    )
+
+
+def train_personal_concepts(
+    model,
+    clip,
+    vae,
+    directory: Path = CONCEPT_DIR,
+    settings: ConceptTrainSettings = ConceptTrainSettings(),
+    names: tuple[str, ...] = tuple(S.PERSONAL_OBJECTS),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """Train every personal concept orthogonally (slot i) and plainly; write native files."""
+    from omg_core.formats.native import save_native
+    from omg_core.train import train_concept
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for slot, name in enumerate(names):
+        images = None
+        for orthogonal in (True, False):
+            kind = "orthogonal" if orthogonal else "plain"
+            path = orthogonal_file(name, directory) if orthogonal else plain_file(name, directory)
+            stats = trained_stats(path)
+            if stats is None:  # not trained yet (an interrupted run resumes here)
+                config = train_config(name, slot, orthogonal, settings)
+                if images is None:
+                    images = training_images(name, settings.images, settings.seed)
+                result = train_concept(model, clip, vae, images, config)
+                stats = {
+                    "seconds": round(result.seconds, 1),
+                    "probe_loss_start": result.probe_loss_start,
+                    "probe_loss_end": result.probe_loss_end,
+                }
+                save_native(path, result.concept, {"toyworld": "1", "down": config.down, "toyworld_train": stats})
+            report[f"{name}/{kind}"] = stats
+            if log is not None:
+                log(
+                    f"{name} ({kind}): probe loss {stats['probe_loss_start']:.4f} -> {stats['probe_loss_end']:.4f} in {stats['seconds']:.0f} s"
+                )
+    return report
+
+
+def trained_stats(path: Path) -> dict | None:
+    """The training record a finished concept file carries in its header (None: train it)."""
+    if not Path(path).exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        record = (f.metadata() or {}).get("toyworld_train")
+    return json.loads(record) if record else None
+
+
+def load_bench_concepts(model, clip, directory: Path = CONCEPT_DIR) -> tuple[list[Concept], list[Concept]]:
+    """(orthogonal, plain) concepts of every personal object, bound to ``model`` by ``load_concept``."""
+    from omg_core.binding import load_concept
+
+    orthogonal, plain = [], []
+    for name, trigger in S.PERSONAL_OBJECTS.items():
+        for path, out in ((orthogonal_file(name, directory), orthogonal), (plain_file(name, directory), plain)):
+            if not path.exists():
+                raise ValueError(
+                    f"toy-world concept file {path} is missing; train it with `python scripts/train_toyworld.py --concepts`"
+                )
+            out.append(load_concept(str(path), model, clip, name=name, triggers=trigger))
+    return orthogonal, plain
+
+
+# ------------------------------------------------------------------ external formats
+def diffusers_module(key: str) -> str:
+    """``diffusion_model.input_blocks.1.1.….attn2.to_k.weight`` -> ``down_blocks.0.attentions.0.….attn2.to_k``."""
+    path = key.removeprefix("diffusion_model.").removesuffix(".weight")
+    for sgm, diffusers in DIFFUSERS_BLOCKS.items():
+        if path.startswith(sgm + "."):
+            return diffusers + path[len(sgm) :]
+    raise ValueError(f"layer {key} is outside the toy world's cross-attention blocks")
+
+
+def _low_rank(concept: Concept) -> dict[str, LowRankUpdate]:
+    out = {}
+    for key, u in concept.unet.items():
+        if not isinstance(u, LowRankUpdate):
+            raise ValueError(
+                f"concept '{concept.name}' layer {key} is not low-rank; only LoRA concepts can be exported"
+            )
+        out[key] = u
+    return out
+
+
+def token_vector(concept: Concept, clip=None) -> torch.Tensor:
+    """The concept's trigger vector [768]: its learned embedding, or else (with
+    ``clip``) the text encoder's input row of its single-token trigger word."""
+    if concept.embeddings:
+        vectors = concept.embeddings[0].vectors
+        if vectors.ndim != 2 or vectors.shape[0] != 1:
+            raise ValueError(f"concept '{concept.name}' has a {tuple(vectors.shape)} embedding; one vector is exported")
+        return vectors[0].detach().float().cpu().clone()
+    if clip is None:
+        raise ValueError(f"concept '{concept.name}' has no learned embedding; pass the CLIP to export its trigger row")
+    word = concept.triggers[0]
+    ids = [t[0] for t in clip.tokenize(word)["l"][0] if t[0] not in (49406, 49407)]
+    if len(ids) != 1:
+        raise ValueError(f"trigger {word!r} is {len(ids)} tokens; a new-token format needs a single-token trigger")
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+    return table[ids[0]].detach().float().cpu().clone()
+
+
+def _bundle(token: str, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sd-scripts' bundled-embedding keys (a textual inversion riding in a LoRA file)."""
+    return {f"bundle_emb.{token}.string_to_param.*": vector[None].contiguous()}
+
+
+def write_kohya(concept: Concept, path: Path, vector: torch.Tensor) -> Path:
+    from safetensors.torch import save_file
+
+    sd = _bundle(concept.triggers[0], vector)
+    for key, u in _low_rank(concept).items():
+        name = "lora_unet_" + diffusers_module(key).replace(".", "_")
+        sd[f"{name}.lora_down.weight"] = u.down_matrix().contiguous()
+        sd[f"{name}.lora_up.weight"] = u.up_matrix().contiguous()
+        sd[f"{name}.alpha"] = torch.tensor(float(u.rank * u.scale))
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(concept.unet and next(iter(_low_rank(concept).values())).rank),
+    }
+    meta["modelspec.trigger_phrase"] = concept.triggers[0]
+    save_file(sd, str(path), metadata=meta)
+    return path
+
+
+def write_peft(concept: Concept, path: Path, vector: torch.Tensor) -> Path:
+    from safetensors.torch import save_file
+
+    sd, rank, scale = _bundle(concept.triggers[0], vector), None, None
+    for key, u in _low_rank(concept).items():
+        base = "unet." + diffusers_module(key)
+        sd[f"{base}.lora_A.weight"] = u.down_matrix().contiguous()
+        sd[f"{base}.lora_B.weight"] = u.up_matrix().contiguous()
+        rank, scale = u.rank, u.scale
+    config = {"unet.r": rank, "unet.lora_alpha": rank * scale}
+    save_file(sd, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config)})
+    return path
+
+
+def write_edlora(concept: Concept, path: Path, vector: torch.Tensor, layers: int = 16) -> Path:
+    unet = {}
+    for key, u in _low_rank(concept).items():
+        m = diffusers_module(key)
+        unet[f"{m}.lora_down.weight"] = u.down_matrix().clone()
+        unet[f"{m}.lora_up.weight"] = (u.scale * u.up_matrix()).clone()
+    token = f"<{concept.name}1>"
+    embedding = {token: vector[None].repeat(layers, 1)}
+    torch.save({"params": {"new_concept_embedding": embedding, "text_encoder": {}, "unet": unet}}, str(path))
+    return path
+
+
+def write_custom_diffusion(concept: Concept, path: Path, vector: torch.Tensor) -> Path:
+    """Custom Diffusion's ``delta.ckpt`` in its compressed form (``--compress`` in the
+    original repository): per layer the change itself as ``{'u', 'v'}`` factors, plus
+    the modifier token. The full-weight form would hold 8 MB of copied base weights."""
+    state = {}
+    for key, u in _low_rank(concept).items():
+        state[f"model.{key}"] = {"u": (u.scale * u.up_matrix()).clone(), "v": u.down_matrix().clone()}
+    state["embed"] = vector[None].clone()
+    torch.save({"state_dict": state}, str(path))
+    return path
+
+
+def write_lokr(concept: Concept, path: Path, vector: torch.Tensor) -> Path:
+    from safetensors.torch import save_file
+
+    sd = _bundle(concept.triggers[0], vector)
+    for key, u in _low_rank(concept).items():
+        name = "lora_unet_" + diffusers_module(key).replace(".", "_")
+        sd[f"{name}.lokr_w1"] = torch.ones(1, 1)
+        sd[f"{name}.lokr_w2_a"] = u.up_matrix().contiguous()
+        sd[f"{name}.lokr_w2_b"] = u.down_matrix().contiguous()
+        sd[f"{name}.alpha"] = torch.tensor(float(u.rank * u.scale))
+    save_file(sd, str(path), metadata={"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "lokr"}'})
+    return path
+
+
+def external_file(fmt: str, directory: Path = CONCEPT_DIR) -> Path:
+    name = EXTERNAL_FORMATS[fmt]
+    suffix = {
+        "kohya": "kohya.safetensors",
+        "peft": "peft.safetensors",
+        "edlora": "edlora.pth",
+        "custom_diffusion": "delta.ckpt",
+        "lokr": "lokr.safetensors",
+    }[fmt]
+    return Path(directory) / f"toyworld-{name}-{suffix}"
+
+
+def external_trigger(fmt: str) -> str:
+    """What a prompt must say to use the concept loaded from that format's file."""
+    name = EXTERNAL_FORMATS[fmt]
+    return {"edlora": f"<{name}1>", "custom_diffusion": "<new1>"}.get(fmt, S.PERSONAL_OBJECTS[name])
+
+
+def write_external_formats(model, clip, directory: Path = CONCEPT_DIR) -> dict[str, Path]:
+    """Every external format, from the orthogonal concepts' native files."""
+    from omg_core.binding import load_concept
+
+    directory = Path(directory)
+    out = {}
+    for fmt, name in EXTERNAL_FORMATS.items():
+        concept = load_concept(
+            str(orthogonal_file(name, directory)), model, clip, name=name, triggers=S.PERSONAL_OBJECTS[name]
+        )
+        path = external_file(fmt, directory)
+        vector = token_vector(concept, clip)
+        if fmt == "kohya":
+            write_kohya(concept, path, vector)
+        elif fmt == "peft":
+            write_peft(concept, path, vector)
+        elif fmt == "edlora":
+            write_edlora(concept, path, vector)
+        elif fmt == "custom_diffusion":
+            write_custom_diffusion(concept, path, vector)
+        else:
+            write_lokr(concept, path, vector)
+        out[fmt] = path
+    return out
+
+
+def install_models(models_dir: Path, checkpoint_name: str = "omg-toyworld-sd15.safetensors") -> dict[str, Path]:
+    """Link the toy-world checkpoint into ``models_dir/checkpoints`` and every concept
+    file into ``models_dir/loras`` (a ComfyUI models folder); idempotent."""
+    from omg_core.toyworld.checkpoint import toyworld_checkpoint
+
+    models_dir = Path(models_dir)
+    links = {models_dir / "checkpoints" / checkpoint_name: toyworld_checkpoint()}
+    for src in sorted(CONCEPT_DIR.glob("toyworld-*")):
+        links[models_dir / "loras" / src.name] = src
+    for dst, src in links.items():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            if dst.resolve() == src.resolve():
+                continue
+            dst.unlink()
+        dst.symlink_to(src.resolve())
+    return {dst.name: dst for dst in links}
