@@ -28,7 +28,7 @@ def _link(src: Path, dst: Path) -> None:
     dst.symlink_to(src.resolve())
 
 
-def ensure_demo_models(models_dir: Path, checkpoint: Path | None = None) -> dict[str, Path]:
+def ensure_demo_models(models_dir: Path, checkpoint: Path | None = None, concepts=()) -> dict[str, Path]:
     """Fill ``models_dir/checkpoints`` and ``models_dir/loras``; idempotent."""
     import comfy_host
 
@@ -42,6 +42,8 @@ def ensure_demo_models(models_dir: Path, checkpoint: Path | None = None) -> dict
     _link(tiny_checkpoint("sd15"), models_dir / "checkpoints" / CHECKPOINT_NAME)
     if checkpoint is not None:
         _link(Path(checkpoint), models_dir / "checkpoints" / Path(checkpoint).name)
+    for concept in concepts:  # the user's own concept files for that checkpoint
+        _link(Path(concept), models_dir / "loras" / Path(concept).name)
     out = {"checkpoint": models_dir / "checkpoints" / CHECKPOINT_NAME}
     out.update(install_models(models_dir, TOYWORLD_CHECKPOINT_NAME))
     return out
