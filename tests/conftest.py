@@ -32,12 +32,15 @@ def sd15_checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory, sd15_checkpoint) -> Path:
-    """A models folder as ComfyUI sees it: checkpoints/ (``omg-tiny-sd15.safetensors``)
-    and loras/ (the demo concepts), as the demo and the example workflows expect."""
+    """A models folder as ComfyUI sees it: what the demo and the example workflows use
+    (``omg-tiny-sd15.safetensors``, the toy world's checkpoint and concepts) and
+    ``loras/omg-test-{cat,dog,mug}.safetensors``, concepts for the tiny checkpoint."""
     import demo_assets
+    from tiny_concepts import write_tiny_concepts
 
     root = tmp_path_factory.mktemp("models")
     demo_assets.ensure_demo_models(root)
+    write_tiny_concepts(root / "loras", sd15_checkpoint)
     return root
 
 

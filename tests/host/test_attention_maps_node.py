@@ -60,7 +60,7 @@ def demo_prompt(record: bool = True, seed: int = 0) -> dict:
         "10": {"class_type": "OMGAttentionMaps", "inputs": {"model": ["6", 0], "samples": ["9", 0]}},
         "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
     }
-    for node, lora, chain in (("2", "omg-demo-cat.safetensors", None), ("3", "omg-demo-dog.safetensors", "2")):
+    for node, lora, chain in (("2", "omg-test-cat.safetensors", None), ("3", "omg-test-dog.safetensors", "2")):
         prompt[node] = {
             "class_type": "OMGLoadConcept",
             "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora, "trigger": "", "strength": 1.0},

@@ -24,15 +24,15 @@ def test_node_is_registered_with_tooltips_on_every_input_and_output(object_info)
 
 def test_lora_choices_are_names_from_the_loras_folder(object_info):
     choices = object_info["OMGLoadConcept"]["input"]["required"]["lora_name"][1]["options"]
-    assert "omg-demo-cat.safetensors" in choices
+    assert "omg-test-cat.safetensors" in choices
     assert not any(c.startswith("/") for c in choices)
 
 
 def test_chain_appends_without_changing_the_incoming_list(comfy, sd15):
     model, clip, _ = sd15
     node = _node(comfy)
-    (first,) = node.execute(model, clip, "omg-demo-cat.safetensors").args
-    (second,) = node.execute(model, clip, "omg-demo-dog.safetensors", "", 0.5, first).args
+    (first,) = node.execute(model, clip, "omg-test-cat.safetensors").args
+    (second,) = node.execute(model, clip, "omg-test-dog.safetensors", "", 0.5, first).args
     assert [c.triggers for c in first] == [("omgcat",)]
     assert [c.triggers for c in second] == [("omgcat",), ("omgdog",)]
     assert second[1].strength == 0.5 and second[1].embeddings[0].token == "omgdog"
@@ -41,9 +41,9 @@ def test_chain_appends_without_changing_the_incoming_list(comfy, sd15):
 def test_duplicate_trigger_in_the_chain_is_refused_by_the_node(comfy, sd15):
     model, clip, _ = sd15
     node = _node(comfy)
-    (chain,) = node.execute(model, clip, "omg-demo-cat.safetensors").args
+    (chain,) = node.execute(model, clip, "omg-test-cat.safetensors").args
     with pytest.raises(ValueError, match="trigger 'omgcat' of concept 'dog' is already used by concept 'cat'"):
-        node.execute(model, clip, "omg-demo-dog.safetensors", "omgcat", 1.0, chain)
+        node.execute(model, clip, "omg-test-dog.safetensors", "omgcat", 1.0, chain)
 
 
 def _graph(lora_name: str) -> dict:
@@ -51,7 +51,7 @@ def _graph(lora_name: str) -> dict:
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
         "2": {
             "class_type": "OMGLoadConcept",
-            "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "omg-demo-cat.safetensors", "strength": 1.0},
+            "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "omg-test-cat.safetensors", "strength": 1.0},
         },
         "3": {
             "class_type": "OMGLoadConcept",
@@ -69,7 +69,7 @@ def _graph(lora_name: str) -> dict:
 
 
 def test_chain_runs_in_a_comfyui_workflow(host):
-    host.run(_graph("omg-demo-dog.safetensors"))
+    host.run(_graph("omg-test-dog.safetensors"))
     (concepts,) = host.node_outputs("3")[0]
     assert [c.name for c in concepts] == ["cat", "dog"]
 

@@ -387,7 +387,7 @@ def workflow(checkpoint, regional, boxes=None):
                 "concepts": ["10", 0],
             },
         }
-        for node, lora, chain in (("9", "omg-demo-cat.safetensors", None), ("10", "omg-demo-dog.safetensors", "9")):
+        for node, lora, chain in (("9", "omg-test-cat.safetensors", None), ("10", "omg-test-dog.safetensors", "9")):
             prompt[node] = {
                 "class_type": "OMGLoadConcept",
                 "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora, "trigger": "", "strength": 1.0},

@@ -362,7 +362,7 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
     "inputs, message",
     [
         ({"filename": "../outside"}, "must be a file name inside the loras folder"),
-        ({"filename": "omg-demo-cat"}, "already exists and is not a concept trained by this node"),
+        ({"filename": "omg-test-cat"}, "already exists and is not a concept trained by this node"),
         ({"slot": 4000}, "slot 4000 is out of range"),
     ],
 )
