@@ -70,3 +70,26 @@ def test_example_workflow_runs_through_prompt_api(server, server_object_info, wo
         assert img["type"] in ("output", "temp"), img
         path = server.base_dir / img["type"] / img.get("subfolder", "") / img["filename"]
         assert path.stat().st_size > 0
+
+
+def test_demo_workflow_draws_each_concept_in_its_own_box(server, server_object_info):
+    """What the README's demo command shows, read by the toy world's detector: the
+    house in the left box and the berry in the right one (seed 0 of the workflow)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from omg_core.toyworld.detector import load_detector
+
+    workflow = json.loads((REPO / "workflows" / "omg_two_concepts_regions.json").read_text())
+    entry = server.run_prompt(comfy_host.workflow_to_api(workflow, server_object_info))
+    (image,) = [
+        img for out in entry["outputs"].values() for img in out.get("images", []) if "two_concepts" in img["filename"]
+    ]
+    pixels = np.array(
+        Image.open(server.base_dir / "output" / image.get("subfolder", "") / image["filename"]).convert("RGB")
+    )
+    regions = next(n for n in workflow["nodes"] if n["type"] == "OMGRegions")
+    boxes = [tuple(b[k] for k in ("x0", "y0", "x1", "y1")) for b in json.loads(regions["widgets_values"][2])["boxes"]]
+    found = load_detector().classify(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, boxes)
+    assert found == ["house", "berry"]

@@ -53,3 +53,23 @@ def test_assignments_are_distinct_ordered_choices():
 def test_caption_order_is_left_to_right_then_top_to_bottom():
     quadrants = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)]
     assert caption_order(quadrants) == [0, 2, 1, 3]
+
+
+def test_a_trained_concept_file_carries_its_training_record_so_a_run_resumes_past_it(tmp_path):
+    from omg_core.concept import Concept, LowRankUpdate
+    from omg_core.formats.native import save_native
+    from omg_core.toyworld.concepts import trained_stats
+
+    concept = Concept(
+        name="kite",
+        triggers=("kite",),
+        family="sd15",
+        source_format="native",
+        unet={"diffusion_model.x.attn2.to_k.weight": LowRankUpdate(torch.ones(4, 2), torch.ones(2, 3), 1.0)},
+    )
+    record = {"seconds": 12.5, "probe_loss_start": 0.2, "probe_loss_end": 0.1}
+    save_native(tmp_path / "done.safetensors", concept, {"toyworld_train": record})
+    save_native(tmp_path / "other.safetensors", concept)
+    assert trained_stats(tmp_path / "done.safetensors") == record
+    assert trained_stats(tmp_path / "other.safetensors") is None
+    assert trained_stats(tmp_path / "missing.safetensors") is None
