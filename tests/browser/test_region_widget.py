@@ -189,6 +189,27 @@ def test_numeric_fields_snap_toggle_and_copy_paste_keep_boxes(litegraph_ui):
     got = ed.boxes()[0]
     assert got == {"x0": 10 / 256, "y0": 20 / 128, "x1": 110 / 256, "y1": 70 / 128, "weight": 1.5, "label": "cat"}
 
+    # The selected box's mixing numbers: shown with their defaults, stored only when they differ,
+    # out-of-range input refused; what the editor writes the backend reads as typed.
+    def param(name: str):
+        return ui.page.locator(f".omg-regions-bar input[data-param={name}]").first
+
+    assert (param("ratio").input_value(), param("weight").input_value(), param("feather").input_value()) == (
+        "1",
+        "1.5",
+        "0",
+    )
+    for name, value in (("ratio", "0.6"), ("weight", "1"), ("feather", "4"), ("ratio", "1.5")):
+        param(name).fill(value)
+        param(name).press("Enter")
+    got = ed.boxes()[0]
+    assert {k: got.get(k) for k in ("ratio", "weight", "feather")} == {"ratio": 0.6, "weight": None, "feather": 4}
+    assert param("ratio").input_value() == "0.6"
+    from omg_core.regions import regions_from_widgets
+
+    (region, _) = regions_from_widgets(256, 128, ui.widget_value(rid, "boxes"), "a cat\na dog").regions
+    assert (region.ratio, region.weight, region.feather) == (0.6, 1.0, 4 / 128)
+
     # Without snapping, a drag lands off the 8 px grid.
     ui.page.locator(".omg-regions-bar input[type=checkbox]").first.uncheck()
     ed.drag((60, 45), (63, 48))

@@ -6,7 +6,7 @@
 // with line i of the node's `region_prompts`. The editor works in image pixels
 // (the node's width/height) because that is where the 8 px latent grid lives,
 // and converts back only when it writes the value; keys it does not edit
-// (weight, ratio, feather, label, and anything newer) are carried through.
+// (label, concept, and anything newer) are carried through.
 
 export const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
 export const LATENT_GRID = 8;
@@ -88,6 +88,34 @@ function optionalKeyProblem(b) {
     if (k in b && typeof b[k] !== "string" && !(k === "concept" && b[k] === null)) return `"${k}" must be a string`;
   }
   return null;
+}
+
+// The per-box mixing numbers the editor shows for the selected box, with the
+// backend's defaults (omg_core.regions.Region) and ranges. A value equal to the
+// default is not stored, so untouched boxes stay {x0, y0, x1, y1}.
+export const BOX_PARAMS = [
+  { key: "ratio", def: 1, min: 0, max: 1, step: 0.05,
+    title: "share of the region prompt inside the box (1: only the region prompt, 0: only the global prompt)" },
+  { key: "weight", def: 1, min: 0, max: null, step: 0.1,
+    title: "how much this region counts where regions overlap (0 switches it off)" },
+  { key: "feather", def: 0, min: 0, max: null, step: 1,
+    title: "soft edge, in pixels, ramping the region in from its border (0: hard edge)" },
+];
+
+/** The number typed into a parameter field, its default for an empty field, or null when out of range. */
+export function paramValue(param, text) {
+  if (String(text).trim() === "") return param.def;
+  const v = Number(text);
+  if (!Number.isFinite(v) || v < param.min || (param.max != null && v > param.max)) return null;
+  return v;
+}
+
+/** A copy of `box` with `param` set to `value` (the key dropped at its default). */
+export function withParam(box, param, value) {
+  const out = { ...box };
+  if (value === param.def) delete out[param.key];
+  else out[param.key] = value;
+  return out;
 }
 
 export function serialiseBoxes(doc) {

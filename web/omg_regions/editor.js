@@ -6,12 +6,14 @@
 // lives here, and the widget is written once when the gesture ends.
 
 import {
+  BOX_PARAMS,
   EMPTY_DOCUMENT,
   LATENT_GRID,
   MAX_BOXES,
   clamp,
   fromPixels,
   moveRect,
+  paramValue,
   parseBoxes,
   promptCount,
   promptLines,
@@ -22,6 +24,7 @@ import {
   spanRect,
   toPixels,
   withBoxes,
+  withParam,
 } from "./boxes.js";
 import { closeButton, drawScene, fitImage, toLayout } from "./render.js";
 
@@ -117,6 +120,16 @@ export class RegionCanvas {
       this.fields[k] = input;
       return el("label", {}, [k, input]);
     });
+    this.params = {};
+    const paramNodes = BOX_PARAMS.map((param) => {
+      const input = el("input", { type: "number", step: param.step, min: param.min, disabled: true, title: param.title });
+      if (param.max != null) input.max = param.max;
+      input.dataset.param = param.key;
+      input.addEventListener("change", () => this.applyParam(param));
+      input.addEventListener("keydown", (e) => e.stopPropagation());
+      this.params[param.key] = input;
+      return el("label", { title: param.title }, [param.key, input]);
+    });
     this.selLabel = el("span", { className: "omg-regions-sel", title: "selected region" });
     this.snapBox = el("input", { type: "checkbox", title: "snap to the 8 px latent grid" });
     this.snapBox.checked = this.snap;
@@ -130,6 +143,7 @@ export class RegionCanvas {
     this.bar = el("div", { className: "omg-regions-bar" }, [
       this.selLabel,
       ...fieldNodes,
+      ...paramNodes,
       el("label", { title: "snap to the 8 px latent grid" }, [this.snapBox, "snap 8px"]),
       this.status,
     ]);
@@ -483,6 +497,11 @@ export class RegionCanvas {
       input.disabled = !vals;
       if (document.activeElement !== input) input.value = vals ? String(Math.round(vals[k] * 100) / 100) : "";
     }
+    for (const param of BOX_PARAMS) {
+      const input = this.params[param.key];
+      input.disabled = sel < 0;
+      if (document.activeElement !== input) input.value = sel >= 0 ? String(boxes[sel][param.key] ?? param.def) : "";
+    }
     const n = boxes.length;
     const lines = promptCount(this.promptText());
     const mismatch = !this.inputLinked("region_prompts") && lines !== n;
@@ -505,6 +524,20 @@ export class RegionCanvas {
       return;
     }
     boxes[sel] = fromPixels(boxes[sel], r, W, H);
+    this.writeBoxes(boxes);
+  }
+
+  applyParam(param) {
+    const boxes = this.boxes().slice();
+    const sel = this.selected;
+    if (sel < 0 || sel >= boxes.length) return;
+    const value = paramValue(param, this.params[param.key].value);
+    if (value === null) {
+      // Out of range: show the stored value again (the field keeps focus, so say it here).
+      this.params[param.key].value = String(boxes[sel][param.key] ?? param.def);
+      return;
+    }
+    boxes[sel] = withParam(boxes[sel], param, value);
     this.writeBoxes(boxes);
   }
 
