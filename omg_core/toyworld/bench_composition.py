@@ -195,6 +195,9 @@ class BenchResult:
             "settings": {
                 "counts": list(self.settings.counts),
                 "scenes_per_count": self.settings.scenes_per_count,
+                "max_assignments": self.settings.max_assignments,
+                "size": self.settings.size,
+                "regional_global": self.settings.regional_global,
                 "alone_seeds": self.settings.alone_seeds,
                 "drift_seeds": self.settings.drift_seeds,
                 "sampler": vars(self.settings.sampler),
