@@ -44,6 +44,16 @@ _REG_PROMPTS_TOOLTIP = (
 )
 
 
+def _feature_prompts_input() -> io.String.Input:
+    return io.String.Input(
+        "feature_prompts",
+        multiline=True,
+        default="\n".join(DEFAULT_TEMPLATES),
+        optional=True,
+        tooltip=_TEMPLATE_TOOLTIP,
+    )
+
+
 def _reg_prompts_input() -> io.String.Input:
     return io.String.Input(
         "regularization_prompts",
@@ -108,13 +118,7 @@ class OMGFuseConcepts(io.ComfyNode):
                 Concepts.Input("concepts", tooltip="Concepts from OMG Load Concept (or OMG Orthogonalize)."),
                 io.Combo.Input("method", options=list(FUSION_METHODS), default="additive", tooltip=_METHOD_TOOLTIP),
                 io.Float.Input("regularization", default=0.001, min=0.0, max=100.0, step=0.0001, tooltip=_REG_TOOLTIP),
-                io.String.Input(
-                    "feature_prompts",
-                    multiline=True,
-                    default="\n".join(DEFAULT_TEMPLATES),
-                    optional=True,
-                    tooltip=_TEMPLATE_TOOLTIP,
-                ),
+                _feature_prompts_input(),
                 _reg_prompts_input(),
             ],
             outputs=[
@@ -153,13 +157,7 @@ class OMGOrthogonalityReport(io.ComfyNode):
                     tooltip="Optional: measure cross-talk on the CLIP features of prompts with each trigger "
                     "instead of on each concept's own input subspace.",
                 ),
-                io.String.Input(
-                    "feature_prompts",
-                    multiline=True,
-                    default="\n".join(DEFAULT_TEMPLATES),
-                    optional=True,
-                    tooltip=_TEMPLATE_TOOLTIP,
-                ),
+                _feature_prompts_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="heatmap", tooltip="Overlap and cross-talk matrices."),
@@ -240,13 +238,7 @@ class OMGSaveFusedLoRA(io.ComfyNode):
                     tooltip="Needed by least_squares/constrained to encode the concepts' prompts; without it they "
                     "fit on each concept's own input subspace.",
                 ),
-                io.String.Input(
-                    "feature_prompts",
-                    multiline=True,
-                    default="\n".join(DEFAULT_TEMPLATES),
-                    optional=True,
-                    tooltip=_TEMPLATE_TOOLTIP,
-                ),
+                _feature_prompts_input(),
                 _reg_prompts_input(),
             ],
             outputs=[io.String.Output(display_name="report", tooltip="File written, rank and truncation error.")],
