@@ -26,7 +26,12 @@ on, run cond and uncond as two UNet passes.
 *Routed* mode gives each region the cross-attention k/v of its own concept
 only: ``k_i = W ctx_i + ΔW_i ctx_i`` with W the (base) model's weight as the
 block computes it and ``ΔW_i ctx_i`` precomputed once, so a region's k/v do
-not depend on any other concept — zero cross-talk by construction.
+not depend on any other concept — zero cross-talk by construction. Inside a
+bound region the unconditional half sees its concept too (the global negative
+through ``W + ΔW_i``, or the region's own negative prompt), as it does when
+the concept is loaded alone: classifier-free guidance then steers by the
+concept's own difference, not by the difference from the base model. The raw
+negative features come from an ``attn2_patch`` that only notes them down.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ MODES = ("fused", "routed")
 _BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
 RECORDER_OPTION = "omg_attention_recorder"  # transformer_options key of a model's AttentionRecorder
+CONTEXT_OPTION = "omg_attn2_context"  # where the context noter leaves a block's text features
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,13 +208,16 @@ class RegionalAttention:
         routed: dict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
         recorder: AttentionRecorder | None = None,
         global_layers: GlobalLayerContexts | None = None,
+        routed_updates: dict[tuple[str, int], tuple] | None = None,
     ):
         self.spec = spec
         self.global_layers = global_layers
         self.prompts = list(prompts)
         self.routed = routed or {}
+        # (block path, region) -> the bound concept's (ΔW_k, ΔW_v), for the global negative in its box
+        self.routed_updates = routed_updates or {}
         self.recorder = recorder
-        self.has_negatives = any(p.uncond is not None for p in self.prompts)
+        self.has_negatives = any(p.uncond is not None for p in self.prompts) or bool(self.routed_updates)
         self._cells: dict[tuple, list[RegionCells]] = {}
         self._moved: dict[tuple, torch.Tensor] = {}
         self._kv: dict[tuple, tuple] = {}
@@ -259,6 +268,17 @@ class RegionalAttention:
         self._kv[slot] = (version, (k, v))
         return k, v
 
+    def negative_kv(self, layer: CrossAttentionLayer, index: int, k, v, ctx):
+        """The global negative's k/v with region ``index``'s routed concept added
+        (None where the region has no concept here): ``k + ΔW_k ctx``."""
+        updates = self.routed_updates.get((layer.path, index))
+        if updates is None or ctx is None:
+            return None
+        return tuple(
+            base if update is None else base + update.apply(ctx.float()).to(device=base.device, dtype=base.dtype)
+            for base, update in zip((k, v), updates)
+        )
+
     @staticmethod
     def weights_version(layer: CrossAttentionLayer, device, dtype) -> tuple:
         return (_weights_version(layer.module.to_k), _weights_version(layer.module.to_v), str(device), dtype)
@@ -302,6 +322,8 @@ class RegionalAttention:
                     recorder.add(label, h, w, token_attention(q_rows, k[rows], heads, pos))
             for cell in cells:
                 kv = self.region_kv(layer, cell.index, kind, q.device, k.dtype, version)
+                if kv is None and kind == UNCOND:
+                    kv = self.negative_kv(layer, cell.index, k[rows], v[rows], context_rows(extra_options, rows, q))
                 if kv is None:
                     continue
                 r = region_attention(q_rows, h, w, cell, kv[0], kv[1], heads, attention)
@@ -340,6 +362,20 @@ def _weights_version(linear) -> tuple | None:
         tuple(map(id, getattr(linear, "weight_function", ()))),
         tuple(map(id, getattr(linear, "bias_function", ()))),
     )
+
+
+def context_rows(extra_options: dict, rows: slice, q: torch.Tensor) -> torch.Tensor | None:
+    """The raw text features of these batch rows, as the context noter left them."""
+    ctx = extra_options.get(CONTEXT_OPTION)
+    if ctx is None:
+        return None
+    return ctx[rows] if ctx.shape[0] == q.shape[0] else ctx
+
+
+def _note_context(n, context, value, extra_options):
+    """``attn2_patch``: leaves the block's text features where the replacement reads them."""
+    extra_options[CONTEXT_OPTION] = context
+    return n, context, value
 
 
 def _call_attention(fn, q, k, v, heads, attn_precision=None, transformer_options=None):
@@ -407,6 +443,23 @@ def routed_deltas(
     return out
 
 
+def routed_updates(
+    layers: Sequence[CrossAttentionLayer], prompts: Sequence[RegionPrompt], bindings: Sequence[Concept | None]
+) -> dict[tuple[str, int], tuple]:
+    """(ΔW_k, ΔW_v) of each bound region's concept per block, for the regions
+    that keep the global negative (a region negative prompt has its own k/v)."""
+    out = {}
+    for index, (prompt, concept) in enumerate(zip(prompts, bindings)):
+        if concept is None or prompt.uncond is not None:
+            continue
+        updates = concept.scaled_unet()
+        for layer in layers:
+            pair = tuple(updates.get(f"diffusion_model.{layer.path}.to_{x}.weight") for x in "kv")
+            if pair != (None, None):
+                out[(layer.path, index)] = pair
+    return out
+
+
 def apply_regional_attention(
     model,
     spec: RegionSpec,
@@ -443,12 +496,15 @@ def apply_regional_attention(
             f"the global prompt's per-layer features have shape {tuple(global_layers.shape)} but this model has "
             f"{len(layers)} cross-attention layers: encode them for this model (omg_core.layerwise.layer_contexts)"
         )
-    routed = None
+    routed = updates = None
     if mode == "routed" and bindings is not None:
         routed = routed_deltas(layers, prompts, bindings)
+        updates = routed_updates(layers, prompts, bindings)
     layered = None if global_layers is None else GlobalLayerContexts(global_layers)
-    state = RegionalAttention(spec, prompts, routed, recorder, layered)
+    state = RegionalAttention(spec, prompts, routed, recorder, layered, updates)
     clone = model.clone()
+    if updates:
+        clone.set_model_attn2_patch(_note_context)
     existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
         previous = existing.get(layer.key) or existing.get(layer.key[:2])

@@ -260,6 +260,26 @@ def test_routed_region_kv_is_its_own_concept_only_by_construction(sd15):
     assert torch.isfinite(latent).all()
 
 
+def test_a_routed_region_over_the_whole_image_samples_like_the_concept_loaded_alone(sd15):
+    """Both halves of classifier-free guidance see the region's concept: the
+    negative through W + ΔW as well, as when the concept is loaded by itself."""
+    from omg_core.patching import apply_updates
+
+    model, clip, _ = sd15
+    cat = kv_concept(model, "cat", "omgcat", 5)
+    prompt = "a omgcat cat"
+    layout = spec(Region(prompt, box=(0.0, 0.0, 1.0, 1.0)))
+    routed = ap().apply_regional_attention(
+        model, layout, [ap().RegionPrompt(region_ctx(clip, prompt))], mode="routed", bindings=[cat]
+    )
+    alone, _ = apply_updates(model, clip, cat.scaled_unet(), {})
+    pos, neg = enc(clip, prompt), enc(clip, "a blurry photo")
+    base = sample(model, pos, neg, steps=2)
+    want = sample(alone, pos, neg, steps=2)
+    assert (want - base).abs().max() > 1e-2  # the concept does change the image
+    torch.testing.assert_close(sample(routed, pos, neg, steps=2), want, rtol=1e-3, atol=1e-3)
+
+
 def test_region_kv_follow_weight_patches_added_after_the_regional_patch(sd15):
     """The patch keeps region k/v between steps; a LoRA put on the regional
     model afterwards (a clone sharing the patch) must still be seen."""
