@@ -43,7 +43,7 @@ from functools import lru_cache, partial
 import torch
 
 from omg_core.attention import mix_region, region_attention, token_attention
-from omg_core.concept import Concept, is_cross_attention_kv
+from omg_core.concept import Concept, LowRankUpdate, is_cross_attention_kv
 from omg_core.layerwise import GlobalLayerContexts, select_layer
 from omg_core.regions import RegionCells, RegionSpec, rasterize
 
@@ -275,9 +275,18 @@ class RegionalAttention:
         if updates is None or ctx is None:
             return None
         return tuple(
-            base if update is None else base + update.apply(ctx.float()).to(device=base.device, dtype=base.dtype)
-            for base, update in zip((k, v), updates)
+            base if update is None else base + self._delta((layer.path, index, x), update, ctx).to(base.dtype)
+            for base, update, x in zip((k, v), updates, "kv")
         )
+
+    def _delta(self, key: tuple, update, ctx: torch.Tensor) -> torch.Tensor:
+        """``ΔW ctx`` on ctx's device, the factors moved there once (low-rank kept low-rank)."""
+        x = ctx.float()
+        if isinstance(update, LowRankUpdate):
+            down = self._on(("down", *key), update.down_matrix().float(), x.device, torch.float32)
+            up = self._on(("up", *key), update.up_matrix().float(), x.device, torch.float32)
+            return update.scale * ((x @ down.T) @ up.T)
+        return x @ self._on(("dense", *key), update.dense(), x.device, torch.float32).T
 
     @staticmethod
     def weights_version(layer: CrossAttentionLayer, device, dtype) -> tuple:
