@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from omg_core.attention_patch import RECORDER_OPTION, AttentionRecorder
+from omg_core.attention_recorder import RECORDER_OPTION, AttentionRecorder
 from omg_core.concept import Concept
 from omg_core.region_images import render_attention_maps
 from omg_core.regional_prompting import concept_tokens

@@ -15,12 +15,12 @@ import torch
 
 from omg_core.attention_patch import (
     MODES,
-    AttentionRecorder,
     RegionPrompt,
     apply_regional_attention,
     check_routable,
     cross_attention_layers,
 )
+from omg_core.attention_recorder import AttentionRecorder
 from omg_core.concept import Concept
 from omg_core.layerwise import layer_contexts
 from omg_core.regions import RegionSpec, bind_regions

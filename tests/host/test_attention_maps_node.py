@@ -151,7 +151,7 @@ def test_attention_maps_before_any_sampling_say_to_sample_first(sd15):
     spec = regions_from_widgets(SIZE, SIZE, BOXES, "a red circle\na blue square", "", None)
     with pytest.raises(ValueError, match="no concept token in the region prompts \\(no concepts\\)"):
         concept_recorder(model, clip, spec)
-    from omg_core.attention_patch import AttentionRecorder
+    from omg_core.attention_recorder import AttentionRecorder
 
     patched, _ = regional_prompting(model, clip, spec, "x", recorder=AttentionRecorder({"red": (0, [2])}, spec))
     with pytest.raises(ValueError, match="no attention maps were recorded: sample with this MODEL"):

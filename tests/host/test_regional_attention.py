@@ -334,7 +334,9 @@ def test_recorded_attention_map_of_a_concept_token_stays_in_its_box(sd15):
     tokens = rp().concept_tokens(model, clip, layout, "fused", [cat, dog])
     assert tokens["omgcat"][0] == 0 and tokens["omgcat"][1][0] == 2 and tokens["omgdog"][0] == 1  # after <start> "a"
     tokens["circle"] = (None, rp().token_positions(clip, "a red circle", "circle"))
-    recorder = ap().AttentionRecorder(tokens)
+    from omg_core.attention_recorder import AttentionRecorder
+
+    recorder = AttentionRecorder(tokens)
     patched, positive = rp().regional_prompting(model, clip, layout, "a red circle", recorder=recorder)
     sample(patched, positive, enc(clip, ""), steps=1)
     maps = recorder.maps(8, 8)
