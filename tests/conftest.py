@@ -20,6 +20,20 @@ for p in (REPO / "scripts", REPO):
         sys.path.append(str(p))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``),
+    its module-scoped fixtures included:
+    small SVDs, solves and training steps on a shared CPU, where a second thread
+    mostly waits on the first; results are then independent of the core count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sd15_checkpoint() -> Path:
     import comfy_host

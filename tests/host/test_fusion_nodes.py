@@ -38,13 +38,7 @@ def _concepts(model, dense_one=False):
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small SVDs and solves on a busy 2-core machine: intra-op threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _node(comfy, name):

@@ -40,14 +40,7 @@ def _config(which: str, down: str = "basis", **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared CPU, a second thread mostly spins waiting for
-    the first; results are also independent of the machine's core count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

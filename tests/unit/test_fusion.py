@@ -14,13 +14,7 @@ from omg_core.fusion import dedupe_features, fuse, patch_dense, update_dense
 FAST = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: intra-op threads only add waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TE = "clip_l.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight"
