@@ -218,17 +218,18 @@ def _bundle(token: str, vector: torch.Tensor) -> dict[str, torch.Tensor]:
 def write_kohya(concept: Concept, path: Path, vector: torch.Tensor) -> Path:
     from safetensors.torch import save_file
 
-    sd = _bundle(concept.triggers[0], vector)
+    sd, rank = _bundle(concept.triggers[0], vector), 0
     for key, u in _low_rank(concept).items():
         name = "lora_unet_" + diffusers_module(key).replace(".", "_")
         sd[f"{name}.lora_down.weight"] = u.down_matrix().contiguous()
         sd[f"{name}.lora_up.weight"] = u.up_matrix().contiguous()
         sd[f"{name}.alpha"] = torch.tensor(float(u.rank * u.scale))
+        rank = max(rank, u.rank)
     meta = {
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(concept.unet and next(iter(_low_rank(concept).values())).rank),
+        "ss_network_dim": str(rank),
+        "modelspec.trigger_phrase": concept.triggers[0],
     }
-    meta["modelspec.trigger_phrase"] = concept.triggers[0]
     save_file(sd, str(path), metadata=meta)
     return path
 
@@ -285,6 +286,15 @@ def write_lokr(concept: Concept, path: Path, vector: torch.Tensor) -> Path:
     return path
 
 
+WRITERS = {
+    "kohya": write_kohya,
+    "peft": write_peft,
+    "edlora": write_edlora,
+    "custom_diffusion": write_custom_diffusion,
+    "lokr": write_lokr,
+}
+
+
 def external_file(fmt: str, directory: Path = CONCEPT_DIR) -> Path:
     name = EXTERNAL_FORMATS[fmt]
     suffix = {
@@ -313,19 +323,7 @@ def write_external_formats(model, clip, directory: Path = CONCEPT_DIR) -> dict[s
         concept = load_concept(
             str(orthogonal_file(name, directory)), model, clip, name=name, triggers=S.PERSONAL_OBJECTS[name]
         )
-        path = external_file(fmt, directory)
-        vector = token_vector(concept, clip)
-        if fmt == "kohya":
-            write_kohya(concept, path, vector)
-        elif fmt == "peft":
-            write_peft(concept, path, vector)
-        elif fmt == "edlora":
-            write_edlora(concept, path, vector)
-        elif fmt == "custom_diffusion":
-            write_custom_diffusion(concept, path, vector)
-        else:
-            write_lokr(concept, path, vector)
-        out[fmt] = path
+        out[fmt] = WRITERS[fmt](concept, external_file(fmt, directory), token_vector(concept, clip))
     return out
 
 
