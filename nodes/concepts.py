@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from omg_core.binding import append_concept, load_concept
 
-Concepts = io.Custom("OMG_CONCEPTS")
+from .types import Concepts
+from .validation import numbers_in_range
 
 
 class OMGLoadConcept(io.ComfyNode):
@@ -74,6 +75,10 @@ class OMGLoadConcept(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, strength=None) -> bool | str:
+        return numbers_in_range(cls, strength=strength)
 
     @classmethod
     def execute(cls, model, clip, lora_name, trigger="", strength=1.0, concepts=None) -> io.NodeOutput:

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from omg_core.fusion import FUSION_METHODS, FusionResult, fuse
 from omg_core.lora_export import export_lora
 from omg_core.orthogonality import cross_talk_report, orthogonalize
-from omg_core.patching import apply_updates
+from omg_core.patching import apply_updates, mark_fused
 from omg_core.report_images import crosstalk_image
 from omg_core.text_features import (
     DEFAULT_TEMPLATES,
@@ -22,7 +22,8 @@ from omg_core.text_features import (
     regularization_features,
 )
 
-Concepts = io.Custom("OMG_CONCEPTS")
+from .types import Concepts
+from .validation import numbers_in_range
 
 _METHOD_TOOLTIP = (
     "additive: exact sum of the concepts' updates (one concatenated low-rank patch per layer; best for "
@@ -131,12 +132,17 @@ class OMGFuseConcepts(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, regularization=None) -> bool | str:
+        return numbers_in_range(cls, regularization=regularization)
+
+    @classmethod
     def execute(
         cls, model, clip, concepts, method, regularization, feature_prompts="", regularization_prompts=None
     ) -> io.NodeOutput:
         result = run_fusion(concepts, method, regularization, clip, feature_prompts, regularization_prompts)
         clip_triggers = clip_with_trigger_embeddings(clip, _concept_list(concepts))
         new_model, new_clip = apply_updates(model, clip_triggers, result.unet, result.text_encoder)
+        mark_fused(new_model, [c.name for c in _concept_list(concepts)])
         return io.NodeOutput(new_model, new_clip, result.summary())
 
 
@@ -244,6 +250,10 @@ class OMGSaveFusedLoRA(io.ComfyNode):
             outputs=[io.String.Output(display_name="report", tooltip="File written, rank and truncation error.")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, regularization=None) -> bool | str:
+        return numbers_in_range(cls, regularization=regularization)
 
     @classmethod
     def execute(

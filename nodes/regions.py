@@ -1,16 +1,18 @@
 """Nodes: regions — where each region prompt applies, and the attention patch
 that keeps it there."""
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from omg_core.attention_maps import attention_maps_image, concept_recorder
 from omg_core.attention_patch import MODES
 from omg_core.region_images import render_preview
-from omg_core.regional_prompting import regional_prompting
-from omg_core.regions import mask_region, regions_from_widgets
+from omg_core.regional_prompting import regional_prompting, regional_warnings
+from omg_core.regions import MAX_FEATHER, MAX_WEIGHT, mask_region, parse_boxes, pixel_boxes, regions_from_widgets
 
-Regions = io.Custom("OMG_REGIONS")
-Concepts = io.Custom("OMG_CONCEPTS")
+from .types import BoundingBox, Concepts, Regions
+from .validation import checked, numbers_in_range
+
+MAX_SIZE = 8192  # the width/height widgets' maximum
 
 DEFAULT_BOXES = (
     '{"version": 1, "boxes": [{"x0": 0.05, "y0": 0.1, "x1": 0.45, "y1": 0.9}, '
@@ -29,13 +31,18 @@ class OMGRegions(io.ComfyNode):
             description="Boxes drawn on the node, one prompt per box. Outputs the regions and a preview of where they fall.",
             inputs=[
                 io.Int.Input(
-                    "width", default=512, min=64, max=8192, step=8, tooltip="Image width in pixels (as in the latent)."
+                    "width",
+                    default=512,
+                    min=64,
+                    max=MAX_SIZE,
+                    step=8,
+                    tooltip="Image width in pixels (as in the latent).",
                 ),
                 io.Int.Input(
                     "height",
                     default=512,
                     min=64,
-                    max=8192,
+                    max=MAX_SIZE,
                     step=8,
                     tooltip="Image height in pixels (as in the latent).",
                 ),
@@ -65,17 +72,62 @@ class OMGRegions(io.ComfyNode):
                     optional=True,
                     tooltip="Regions from another OMG Regions / OMG Mask Region node; they follow this node's boxes.",
                 ),
+                *cls._core_box_inputs(),
             ],
             outputs=[
                 Regions.Output(display_name="regions", tooltip="The regions, for OMG Apply Regional Attention."),
                 io.Image.Output(display_name="mask_preview", tooltip="Where each region falls, numbered and coloured."),
+                *cls._core_box_outputs(),
             ],
         )
 
+    @staticmethod
+    def _core_box_inputs() -> list:
+        if BoundingBox is None:
+            return []
+        return [
+            BoundingBox.Input(
+                "detected_boxes",
+                optional=True,
+                force_input=True,
+                tooltip="Boxes in pixels from a core detector (RT-DETR, SAM 3, MediaPipe face) or Create Bounding "
+                "Boxes: each becomes a region after the drawn boxes, taking the next prompt line; the last line "
+                "serves every further detected box (one line puts a concept on every detected face).",
+            )
+        ]
+
+    @staticmethod
+    def _core_box_outputs() -> list:
+        if BoundingBox is None:
+            return []
+        return [
+            BoundingBox.Output(
+                display_name="bboxes",
+                tooltip="Every box region in pixels, labelled with its prompt, for core nodes that draw or crop boxes.",
+            )
+        ]
+
     @classmethod
-    def execute(cls, width, height, boxes, region_prompts, region_negative_prompts="", regions=None) -> io.NodeOutput:
-        spec = regions_from_widgets(width, height, boxes, region_prompts, region_negative_prompts or "", regions)
-        return io.NodeOutput(spec, render_preview(spec))
+    def validate_inputs(cls, boxes=None, width=None, height=None) -> bool | str:
+        # Malformed boxes are answered when the prompt is queued, before any loader runs. A linked size is
+        # unknown until it runs: then only the largest image is assumed (the size rules come back at run time).
+        # Naming width and height here takes ComfyUI's own min/max check for them over.
+        numbers = numbers_in_range(cls, width=width, height=height)
+        if numbers is not True or boxes is None:
+            return numbers
+        return checked(parse_boxes, boxes, width or MAX_SIZE, height or MAX_SIZE)
+
+    @classmethod
+    def execute(
+        cls, width, height, boxes, region_prompts, region_negative_prompts="", regions=None, detected_boxes=None
+    ) -> io.NodeOutput:
+        spec = regions_from_widgets(
+            width, height, boxes, region_prompts, region_negative_prompts or "", regions, detected_boxes
+        )
+        outputs = (spec, render_preview(spec))
+        if BoundingBox is not None:
+            outputs += (pixel_boxes(spec),)
+        return io.NodeOutput(*outputs)
 
 
 class OMGMaskRegion(io.ComfyNode):
@@ -93,7 +145,7 @@ class OMGMaskRegion(io.ComfyNode):
                     "weight",
                     default=1.0,
                     min=0.0,
-                    max=10.0,
+                    max=MAX_WEIGHT,
                     step=0.05,
                     tooltip="Share against overlapping regions; below 1 it also blends with the global prompt.",
                 ),
@@ -101,7 +153,7 @@ class OMGMaskRegion(io.ComfyNode):
                     "feather",
                     default=0,
                     min=0,
-                    max=1024,
+                    max=int(MAX_FEATHER),
                     step=1,
                     tooltip="Pixels over which the mask fades in from its edge (inward).",
                 ),
@@ -124,6 +176,10 @@ class OMGMaskRegion(io.ComfyNode):
             ],
             outputs=[Regions.Output(display_name="regions", tooltip="The regions, with this mask region last.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, weight=None, ratio=None, feather=None) -> bool | str:
+        return numbers_in_range(cls, weight=weight, ratio=ratio, feather=feather)
 
     @classmethod
     def execute(cls, mask, prompt, weight, feather, ratio, negative_prompt="", regions=None) -> io.NodeOutput:
@@ -184,7 +240,12 @@ class OMGApplyRegionalAttention(io.ComfyNode):
     ) -> io.NodeOutput:
         recorder = concept_recorder(model, clip, regions, mode, concepts) if record_attention_maps else None
         patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts, recorder)
-        return io.NodeOutput(patched, positive, render_preview(regions))
+        preview = render_preview(regions)
+        # Warnings go to the console (regional_warnings) and, written under the preview, onto the node itself;
+        # the mask_preview output keeps the image's own size, for workflows that lay it over the image.
+        notes = regional_warnings(regions, mode, concepts)
+        shown = render_preview(regions, notes=notes) if notes else preview
+        return io.NodeOutput(patched, positive, preview, ui=ui.PreviewImage(shown, cls=cls))
 
 
 class OMGAttentionMaps(io.ComfyNode):

@@ -6,7 +6,9 @@ import os
 
 from comfy_api.latest import io, ui
 
-from omg_core.train import TrainConfig, train_to_file
+from omg_core.train import TrainConfig, check_output_path, train_to_file
+
+from .validation import checked, numbers_in_range
 
 TARGET_CHOICES = {"cross-attn k/v": "kv", "all attention": "attention"}
 
@@ -107,8 +109,14 @@ class OMGTrainConcept(io.ComfyNode):
                 io.String.Input(
                     "filename",
                     default="omg-concept.safetensors",
-                    tooltip="File name in the loras folder. An existing trained concept of that name is replaced; "
-                    "any other existing file is left alone.",
+                    tooltip="File name in the loras folder. A name that exists is refused unless overwrite is on.",
+                ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    optional=True,
+                    tooltip="Replace the file of that name if it holds a concept trained by this node (any other "
+                    "file is never replaced). Off: an existing name is refused when you queue.",
                 ),
                 io.Image.Input(
                     "prior_images",
@@ -122,6 +130,13 @@ class OMGTrainConcept(io.ComfyNode):
                 io.Image.Output(display_name="loss_curve", tooltip="Training loss per step."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, learning_rate=None, filename=None, overwrite=False) -> bool | str:
+        numbers = numbers_in_range(cls, learning_rate=learning_rate)
+        if numbers is not True or filename is None:
+            return numbers
+        return checked(lambda: check_output_path(_lora_path(filename)[0], bool(overwrite)))
 
     @classmethod
     def execute(
@@ -141,6 +156,7 @@ class OMGTrainConcept(io.ComfyNode):
         target: str,
         learn_embedding: bool,
         filename: str,
+        overwrite: bool = False,
         prior_images=None,
     ) -> io.NodeOutput:
         import comfy.model_management
@@ -173,6 +189,7 @@ class OMGTrainConcept(io.ComfyNode):
             images,
             config,
             path,
+            overwrite=overwrite,
             prior_images=prior_images,
             progress=progress,
             checkpoint_path=_state_path(name),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from omg_core.attention_recorder import RECORDER_OPTION, AttentionRecorder
+from omg_core.attention_recorder import AttentionRecorder, own_recorder
 from omg_core.concept import Concept
 from omg_core.region_images import render_attention_maps
 from omg_core.regional_prompting import concept_tokens
@@ -41,9 +41,9 @@ def concept_recorder(
 
 def model_recorder(model) -> AttentionRecorder:
     """The recorder a model carries, or a ValueError saying how to get one."""
-    options = getattr(model, "model_options", {}).get("transformer_options", {})
-    recorder = options.get(RECORDER_OPTION)
-    if not isinstance(recorder, AttentionRecorder):
+    options = getattr(model, "model_options", {}).get("transformer_options")
+    recorder = own_recorder(options) if isinstance(options, dict) else None
+    if recorder is None:
         raise ValueError(
             "this model records no attention maps: turn on record_attention_maps on OMG Apply Regional Attention "
             "and connect its MODEL output (the one the KSampler samples with) here"

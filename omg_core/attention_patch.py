@@ -36,6 +36,7 @@ negative features come from an ``attn2_patch`` that only notes them down.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
@@ -43,10 +44,10 @@ from functools import lru_cache, partial
 import torch
 
 from omg_core.attention import mix_region, region_attention, token_attention
-from omg_core.attention_recorder import RECORDER_OPTION, AttentionRecorder
+from omg_core.attention_recorder import RECORDER_OPTION, AttentionRecorder, own_recorder
 from omg_core.concept import Concept, LowRankUpdate, is_cross_attention_kv
 from omg_core.layerwise import GlobalLayerContexts, select_layer
-from omg_core.regions import RegionCells, RegionSpec, rasterize
+from omg_core.regions import RegionCells, RegionSpec, rasterize, stretch_warning
 
 MODES = ("fused", "routed")
 _BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
@@ -159,6 +160,7 @@ class RegionalAttention:
         self.recorder = recorder
         self.has_negatives = any(p.uncond is not None for p in self.prompts) or bool(self.routed_updates)
         self._cells: dict[tuple, list[RegionCells]] = {}
+        self._warned = False  # the stretched-mask warning is given once
         self._moved: dict[tuple, torch.Tensor] = {}
         self._kv: dict[tuple, tuple] = {}
 
@@ -169,6 +171,10 @@ class RegionalAttention:
         """The regions on an h × w grid, shares on ``device`` in ``dtype``."""
         key = (h, w, str(device), dtype)
         if key not in self._cells:
+            stretched = stretch_warning(self.spec, h, w)
+            if stretched and not self._warned:
+                logging.warning("OMG Apply Regional Attention: %s", stretched)
+                self._warned = True
             self._cells[key] = [
                 replace(c, coef=c.coef.to(device=device, dtype=dtype)) for c in rasterize(self.spec, h, w)
             ]
@@ -461,14 +467,17 @@ def apply_regional_attention(
     if recorder is not None:
         from comfy.patcher_extension import CallbacksMP
 
-        clone.model_options.setdefault("transformer_options", {})[RECORDER_OPTION] = recorder
+        options = clone.model_options.setdefault("transformer_options", {})
+        options[RECORDER_OPTION] = recorder
+        recorder.owner = options
         clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, RECORDER_OPTION, _reset_recorder)
     return clone
 
 
 def _reset_recorder(patcher) -> None:
-    """ON_PRE_RUN callback: empties the recorder of the model about to sample."""
-    recorder = patcher.model_options.get("transformer_options", {}).get(RECORDER_OPTION)
+    """ON_PRE_RUN callback: empties the recorder of the model about to sample
+    (its own one: a clone's first run gets a fresh recorder)."""
+    recorder = own_recorder(patcher.model_options.get("transformer_options", {}))
     if recorder is not None:
         recorder.reset()
 

@@ -25,9 +25,12 @@ class AttentionRecorder:
     a region's tokens are recorded where they are attended — inside its box.
     ``spec`` is the layout the maps are drawn on (``omg_core.attention_maps``).
 
-    A copy is a fresh, empty recorder for the same tokens: ModelPatcher
-    clones deep-copy their model options, and a clone sampled on its own must
-    not add its maps to (or read them from) another clone's run.
+    Each model has its own: a clone sampled on its own must not add its maps
+    to (or read them from) another clone's run. ModelPatcher clones copy their
+    model options deeply up to ComfyUI 0.3.x (a deep copy of a recorder is a
+    fresh, empty one) and only their dicts and lists since, sharing the
+    recorder; so a recorder also knows the ``transformer_options`` dict it
+    belongs to, and ``own_recorder`` gives a clone a fresh one of its own.
     """
 
     def __init__(self, tokens: dict[str, tuple[int | None, Sequence[int]]], spec: RegionSpec | None = None):
@@ -35,6 +38,8 @@ class AttentionRecorder:
         self.spec = spec
         self._sums: dict[tuple[str, int, int], torch.Tensor] = {}
         self._counts: dict[tuple[str, int, int], int] = {}
+
+    owner: dict | None = None  # the transformer_options it was made for (see own_recorder)
 
     def __deepcopy__(self, memo):
         return AttentionRecorder(self.tokens, self.spec)
@@ -74,3 +79,18 @@ class AttentionRecorder:
             resized = torch.nn.functional.interpolate(mean[None, None], (height, width), mode="bilinear")
             out.setdefault(label, []).append(resized[0, 0])
         return {label: torch.stack(ms).mean(0) for label, ms in out.items()}
+
+
+def own_recorder(transformer_options: dict) -> AttentionRecorder | None:
+    """The recorder of the model whose ``transformer_options`` these are
+    (installed there by OMG Apply Regional Attention, or inherited from the
+    model it was cloned from, then replaced by a fresh one for the same
+    tokens); None when the model records nothing."""
+    recorder = transformer_options.get(RECORDER_OPTION)
+    if not isinstance(recorder, AttentionRecorder):
+        return None
+    if recorder.owner is not transformer_options:
+        recorder = AttentionRecorder(recorder.tokens, recorder.spec)
+        recorder.owner = transformer_options
+        transformer_options[RECORDER_OPTION] = recorder
+    return recorder

@@ -238,6 +238,8 @@ def load_concept(
     """
     import comfy.lora
 
+    if not math.isfinite(strength):
+        raise ValueError(f"strength is {strength}: give the concept a finite strength (1 is the file's own)")
     adapter = read_adapter(path)
     file_name = os.path.basename(str(path))
     check_family(adapter, model, clip)
@@ -252,9 +254,12 @@ def load_concept(
                 f"{file_name} changes the text encoder but no CLIP was given: connect the CLIP of the checkpoint."
             )
         shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
-        what = "none of its" if len(unmatched) == len(bases) else f"{len(unmatched)} of its {len(bases)}"
+        if len(unmatched) == len(bases):
+            what = f"none of its {len(bases)} layer(s) matches a layer"
+        else:
+            what = f"{len(unmatched)} of its {len(bases)} layers match no layer"
         raise ValueError(
-            f"{file_name}: {what} layers match a layer of this {FAMILY_LABELS.get(model_family(model), '')} model "
+            f"{file_name}: {what} of this {FAMILY_LABELS.get(model_family(model), '')} model "
             f"({shown}): the adapter was made for a different model architecture; load it with the checkpoint "
             "it was trained on."
         )

@@ -433,8 +433,13 @@ def _orthogonalize_layer(key, updates, method, energy):
             bases.append(q)
             taken = torch.cat([taken, q])
     out = []
-    for update, q in zip(updates, bases):
+    for i, (update, q) in enumerate(zip(updates, bases)):
         norm_sq = float(_norm_sq(update))
+        if method == "sequential" and i == 0 and isinstance(update, LowRankUpdate):
+            # Its subspace is taken as it is: refactoring it through q would only
+            # add the rounding of the factors' dtype (float32: ~1e-8 relative).
+            out.append((update, 0.0, norm_sq))
+            continue
         up = update.apply(q.to(torch.float64)).T  # ΔW qᵀ: [out, k]
         kept = float(up.square().sum())
         down = q

@@ -114,6 +114,20 @@ def _add_to_patcher(patcher, updates: Mapping[str, LayerPatch], what: str) -> No
         patcher.add_patches(patches, strength_patch=strength)
 
 
+FUSED_OPTION = "omg_fused_concepts"  # model_options key: names of the concepts fused into a MODEL
+
+
+def mark_fused(model, names) -> None:
+    """Record on a fused clone which concepts it carries, so that routed mode
+    can refuse to add them a second time."""
+    model.model_options[FUSED_OPTION] = tuple(names)
+
+
+def fused_concepts(model) -> tuple[str, ...]:
+    """The concepts OMG fusion put into ``model`` (empty for a base model)."""
+    return tuple(getattr(model, "model_options", {}).get(FUSED_OPTION, ()))
+
+
 def apply_updates(
     model,
     clip,

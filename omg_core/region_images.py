@@ -56,9 +56,11 @@ def _outline_and_number(draw: ImageDraw.ImageDraw, spec: RegionSpec, cov: torch.
         draw.text(anchor, str(i + 1), fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=c)
 
 
-def render_preview(spec: RegionSpec, max_side: int = 768) -> torch.Tensor:
+def render_preview(spec: RegionSpec, max_side: int = 768, notes: list[str] = ()) -> torch.Tensor:
     """Each region filled with its colour (by coverage, half transparent),
-    box outlines, and region numbers — as the sampler will see the regions."""
+    box outlines, and region numbers — as the sampler will see the regions;
+    ``notes`` (warnings) are written under the picture, where a person looking
+    at where the regions fall will read them."""
     w, h = _preview_size(spec.width, spec.height, max_side)
     canvas = torch.tensor(_BACKGROUND, dtype=torch.float32).expand(h, w, 3).clone()
     cov = coverages(spec, h, w)
@@ -67,7 +69,35 @@ def render_preview(spec: RegionSpec, max_side: int = 768) -> torch.Tensor:
         canvas = canvas * (1 - a) + torch.tensor(colour(i), dtype=torch.float32) * a
     pil = Image.fromarray(canvas.round().clamp(0, 255).to(torch.uint8).numpy())
     _outline_and_number(ImageDraw.Draw(pil), spec, cov, w, h)
+    if notes:
+        pil = _with_notes(pil, notes)
     return _to_image(pil)
+
+
+_NOTE_COLOUR = (255, 200, 60)
+
+
+def _with_notes(pil: Image.Image, notes: list[str]) -> Image.Image:
+    """``pil`` with a strip below it holding each note, wrapped to its width."""
+    w = pil.width
+    font = _font(max(10, min(16, w // 40)))
+    measure = ImageDraw.Draw(pil)
+    lines = []
+    for note in notes:
+        line = "! "
+        for word in note.split():
+            if measure.textlength(line + word, font=font) > w - 8 and line.strip("! "):
+                lines.append(line.rstrip())
+                line = "  "
+            line += word + " "
+        lines.append(line.rstrip())
+    step = (getattr(font, "size", 10)) + 4
+    out = Image.new("RGB", (w, pil.height + step * len(lines) + 6), _BACKGROUND)
+    out.paste(pil, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for j, line in enumerate(lines):
+        draw.text((4, pil.height + 3 + j * step), line, fill=_NOTE_COLOUR, font=font)
+    return out
 
 
 def render_attention_maps(

@@ -9,6 +9,7 @@ lazily — both import ComfyUI.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,7 @@ from omg_core.attention_patch import (
 from omg_core.attention_recorder import AttentionRecorder
 from omg_core.concept import Concept
 from omg_core.layerwise import layer_contexts
-from omg_core.regions import RegionSpec, bind_regions
+from omg_core.regions import RegionSpec, bind_regions, region_warnings
 
 
 def encode_text(clip, text: str, layers=None) -> torch.Tensor:
@@ -61,6 +62,8 @@ def region_clips(model, clip, spec: RegionSpec, mode: str, concepts: Sequence[Co
         raise ValueError("regions must come from an OMG Regions or OMG Mask Region node")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "routed":
+        check_routed_inputs(model, spec, concepts)
     bindings = bind_regions(spec, list(concepts or [])) if mode == "routed" else [None] * len(spec)
     layers = cross_attention_layers(model)
     made: dict[int, object] = {}
@@ -69,6 +72,36 @@ def region_clips(model, clip, spec: RegionSpec, mode: str, concepts: Sequence[Co
             check_routable(concept, layers)
             made[id(concept)] = concept_clip(model, clip, concept)
     return bindings, [clip if c is None else made[id(c)] for c in bindings]
+
+
+def check_routed_inputs(model, spec: RegionSpec, concepts: Sequence[Concept] | None) -> None:
+    """Routed mode gives each region its concept itself: without concepts it
+    would sample the base model, and on a fused model every concept would act
+    twice — neither can be what was meant."""
+    if spec.regions and not concepts:
+        raise ValueError(
+            "routed mode has no concepts to route: connect the OMG Load Concept chain to the concepts input, "
+            "or use mode 'fused' with the model from OMG Fuse Concepts"
+        )
+    from omg_core.patching import fused_concepts
+
+    twice = sorted(set(fused_concepts(model)) & {c.name for c in concepts or []})
+    if twice:
+        raise ValueError(
+            f"this MODEL already has {', '.join(twice)} fused in (OMG Fuse Concepts), and routed mode would add "
+            "them again inside their regions: connect the checkpoint's MODEL and CLIP for routed mode, or use "
+            "mode 'fused' with the fused model"
+        )
+
+
+def regional_warnings(spec: RegionSpec, mode: str, concepts: Sequence[Concept] | None) -> list[str]:
+    """What OMG Apply Regional Attention tells the user (console and preview)
+    about regions that may not do what was meant (``regions.region_warnings``)."""
+    bindings = bind_regions(spec, list(concepts or [])) if mode == "routed" else None
+    out = region_warnings(spec, bindings)
+    for warning in out:
+        logging.warning("OMG Apply Regional Attention: %s", warning)
+    return out
 
 
 def regional_prompting(

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from omg_core.concept import Concept
 
 MAX_REGIONS = 16
+# Bounds of the mixing numbers (the Mask Region widgets and the box editor use the same): a share
+# w·c / Σ w·c must stay finite in the float32 it is computed in, and a feather past the image is no edge.
+MAX_WEIGHT = 10.0
+MAX_FEATHER = 1024.0
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 BOX_KEYS = ("x0", "y0", "x1", "y1")
 OPTIONAL_BOX_KEYS = ("weight", "ratio", "feather", "label", "concept")
@@ -140,6 +144,8 @@ def parse_boxes(text: str, width: int, height: int) -> list[dict]:
         data = json.loads(text) if text.strip() else {"version": 1, "boxes": []}
     except json.JSONDecodeError as e:
         raise ValueError(f"boxes is not valid JSON ({e}). Expected {BOXES_FORMAT}") from e
+    except RecursionError:
+        raise ValueError(f"boxes is nested too deeply to be region boxes. Expected {BOXES_FORMAT}") from None
     if isinstance(data, list):
         data = {"version": 1, "boxes": data}
     if not isinstance(data, dict) or not isinstance(data.get("boxes"), list):
@@ -205,12 +211,21 @@ def _check_size(width: int, height: int) -> None:
 
 
 def _check_mix(where: str, weight: float, ratio: float, feather: float) -> None:
+    for name, value in (("weight", weight), ("ratio", ratio), ("feather", feather)):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {name} is {value} — give it a finite number")
     if weight < 0:
         raise ValueError(f"{where}: weight {weight:g} is negative; use 0 to switch the region off")
+    if weight > MAX_WEIGHT:
+        raise ValueError(
+            f"{where}: weight {weight:g} is above {MAX_WEIGHT:g}; weights only matter relative to each other"
+        )
     if not 0 <= ratio <= 1:
         raise ValueError(f"{where}: ratio {ratio:g} must be in 0..1 (1 replaces the global prompt, 0 keeps it)")
     if feather < 0:
         raise ValueError(f"{where}: feather {feather:g} must be 0 or more pixels")
+    if feather > MAX_FEATHER:
+        raise ValueError(f"{where}: feather {feather:g} is above {MAX_FEATHER:g} pixels")
 
 
 def _prompt_lines(text: str) -> list[str]:
@@ -227,12 +242,33 @@ def regions_from_widgets(
     region_prompts: str,
     region_negative_prompts: str = "",
     regions: RegionSpec | None = None,
+    detected_boxes=None,
 ) -> RegionSpec:
     """The OMG Regions node: boxes + one prompt line per box (+ optional
-    negative lines), in front of any regions passed in — so the boxes keep the
-    numbers and colours the widget shows."""
+    negative lines), then the boxes of a core ``BOUNDING_BOX`` value
+    (``detected_regions``), in front of any regions passed in — so the drawn
+    boxes keep the numbers and colours the widget shows."""
     parsed = parse_boxes(boxes, width, height)
     prompts = _prompt_lines(region_prompts)
+    negatives = _prompt_lines(region_negative_prompts)
+    if detected_boxes is not None and detected_box_list(detected_boxes):
+        # Lines after the drawn boxes' belong to the detected boxes.
+        found = detected_regions(
+            detected_boxes, width, height, prompts[len(parsed) :], negatives[len(parsed) :] if negatives else []
+        )
+        for i, p in enumerate(prompts[len(parsed) :]):
+            if not p:
+                raise ValueError(
+                    f"region_prompts line {len(parsed) + i + 1} is empty: give the detected boxes a prompt"
+                )
+        prompts, negatives = prompts[: len(parsed)], negatives[: len(parsed)]
+        if len(parsed) + len(found) > MAX_REGIONS:
+            raise ValueError(
+                f"{len(parsed)} drawn and {len(found)} detected boxes: at most {MAX_REGIONS} regions are supported — "
+                "lower the detector's max_detections or raise its threshold"
+            )
+    else:
+        found = ()
     if len(prompts) != len(parsed):
         raise ValueError(
             f"{len(parsed)} box(es) but {len(prompts)} prompt line(s): write one line per box in region_prompts "
@@ -241,7 +277,6 @@ def regions_from_widgets(
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"region_prompts line {i + 1} is empty: give box {i + 1} a prompt or delete the box")
-    negatives = _prompt_lines(region_negative_prompts)
     if len(negatives) > len(parsed):
         raise ValueError(
             f"{len(negatives)} negative prompt lines for {len(parsed)} box(es): write at most one line per box "
@@ -249,7 +284,92 @@ def regions_from_widgets(
         )
     negatives += [""] * (len(parsed) - len(negatives))
     own = tuple(Region(prompt=p, negative_prompt=n, **b) for p, n, b in zip(prompts, negatives, parsed))
-    return combine(RegionSpec(width, height, own), regions)
+    return combine(RegionSpec(width, height, own + found), regions)
+
+
+def detected_box_list(value) -> list[dict]:
+    """The boxes of a core ``BOUNDING_BOX`` value, as detector nodes (RT-DETR,
+    SAM 3, MediaPipe) and Create Bounding Boxes give it: one ``{x, y, width,
+    height}`` dict in pixels, a list of them, or a list per image of a batch
+    (the first image's boxes are used: one region layout per prompt)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(
+            f"detected_boxes must be a core BOUNDING_BOX value (boxes in pixels), got {type(value).__name__}"
+        )
+    if value and all(isinstance(v, list) for v in value):
+        value = value[0]
+    if not all(isinstance(v, dict) for v in value):
+        raise ValueError("detected_boxes must hold {x, y, width, height} boxes in pixels (a core BOUNDING_BOX value)")
+    return list(value)
+
+
+def detected_regions(value, width: int, height: int, prompts: list[str], negatives: list[str]) -> tuple[Region, ...]:
+    """Regions for the boxes of a core ``BOUNDING_BOX`` value (pixels of the
+    ``width × height`` image). Box i takes prompt line i; when a detector finds
+    more boxes than there are lines, the last line serves the rest — so one
+    line puts one concept on every detected face. Boxes are clipped to the
+    image; one that lies wholly outside it is an error naming it."""
+    boxes = detected_box_list(value)
+    if not boxes:
+        return ()
+    if not prompts:
+        raise ValueError(
+            f"{len(boxes)} detected box(es) but no prompt line for them: after the drawn boxes' lines, write one "
+            "line for the detected boxes (the last line serves every further detected box)"
+        )
+    out = []
+    for i, box in enumerate(boxes):
+        where = f"detected box {i + 1}"
+        x, y, w, h = (_number(box, k, where) for k in ("x", "y", "width", "height"))
+        if w < 0:
+            x, w = x + w, -w
+        if h < 0:
+            y, h = y + h, -h
+        x0, y0 = max(x / width, 0.0), max(y / height, 0.0)
+        x1, y1 = min((x + w) / width, 1.0), min((y + h) / height, 1.0)
+        if (x1 - x0) * width < 1 or (y1 - y0) * height < 1:
+            raise ValueError(
+                f"{where} ({x:g}, {y:g}, {w:g}×{h:g} px) does not overlap the {width}×{height} image by a pixel: "
+                "give OMG Regions the size of the image the boxes were detected on"
+            )
+        label = box.get("label")
+        j = min(i, len(prompts) - 1)
+        out.append(
+            Region(
+                prompt=prompts[j],
+                negative_prompt=negatives[j] if j < len(negatives) else "",
+                box=(x0, y0, x1, y1),
+                label=label if isinstance(label, str) else "",
+            )
+        )
+    return tuple(out)
+
+
+def pixel_boxes(spec: RegionSpec) -> list[list[dict]]:
+    """The box regions of ``spec`` as a core ``BOUNDING_BOX`` value (one image's
+    list of ``{x, y, width, height}`` in pixels, with the region's prompt as
+    its label), for core nodes that draw or crop boxes. Mask regions have no
+    box and are left out."""
+    out = []
+    for r in spec.regions:
+        if r.box is None:
+            continue
+        x0, y0, x1, y1 = r.box
+        px = round(x0 * spec.width), round(y0 * spec.height)
+        out.append(
+            {
+                "x": px[0],
+                "y": px[1],
+                "width": round(x1 * spec.width) - px[0],
+                "height": round(y1 * spec.height) - px[1],
+                "label": r.label or r.prompt,
+            }
+        )
+    return [out]
 
 
 def combine(first: RegionSpec, then: RegionSpec | None) -> RegionSpec:
@@ -463,3 +583,47 @@ def bind_regions(spec: RegionSpec, concepts: Sequence[Concept]) -> list[Concept 
             )
         out.append(hits[0] if hits else None)
     return out
+
+
+LATENT_CELL = 8  # pixels per latent cell (SD1.5 and SDXL autoencoders)
+
+
+def region_warnings(spec: RegionSpec, bindings: Sequence[Concept | None] | None = None) -> list[str]:
+    """What may not be what the user meant, though it can be: a routed region
+    that no concept is bound to (drawn by the base model), a box that covers
+    no latent cell of the image (it has no effect). ``bindings`` is routed
+    mode's concept per region (None in fused mode)."""
+    out = []
+    grid_h, grid_w = max(1, spec.height // LATENT_CELL), max(1, spec.width // LATENT_CELL)
+    for i, region in enumerate(spec.regions):
+        name = f"region {i + 1} ('{region.prompt[:40]}')"
+        if bindings is not None and bindings[i] is None:
+            out.append(
+                f"{name} names no concept's trigger word: the base model draws it (routed mode gives a region the "
+                "concept whose trigger word its prompt contains)"
+            )
+        if region.box is not None:
+            r0, r1, c0, c1 = box_cells(region.box, grid_h, grid_w)
+            if r1 <= r0 or c1 <= c0:
+                out.append(
+                    f"{name} covers no whole latent cell ({LATENT_CELL}×{LATENT_CELL} px) of the {spec.width}×"
+                    f"{spec.height} image and has no effect: make the box larger"
+                )
+    return out
+
+
+def stretch_warning(spec: RegionSpec, h: int, w: int) -> str | None:
+    """A warning when mask regions meet an attention grid of another aspect
+    than the image they were made for (a lone OMG Mask Region takes the mask's
+    own size): they are stretched to fit. Boxes are fractions of the image and
+    fit any aspect. A grid matches when either side is within one cell of the
+    spec's aspect (the UNet's stride-2 steps round sizes up)."""
+    if not any(r.mask is not None for r in spec.regions):
+        return None
+    if abs(w - h * spec.width / spec.height) <= 1 or abs(h - w * spec.height / spec.width) <= 1:
+        return None
+    return (
+        f"the mask regions were made for a {spec.width}×{spec.height} image, but the latent is {w}×{h} cells: "
+        "the masks are stretched to its aspect — resize the mask to the image's aspect, or put it after an OMG "
+        "Regions node of the image's size"
+    )

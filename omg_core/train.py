@@ -382,11 +382,18 @@ def _to_concept(adapters, vectors, config: TrainConfig, family: str, losses: lis
     )
 
 
-def check_output_path(path: str | os.PathLike) -> None:
-    """Refuse to overwrite anything but an earlier trained concept: the loras
-    folder holds files people cannot get back."""
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to replace an existing file unless asked to, and even then
+    anything but an earlier trained concept: the loras folder holds files
+    people cannot get back. (An interrupted run writes no file, only its
+    state, so resuming needs no overwrite.)"""
     if not os.path.exists(path):
         return
+    if not overwrite:
+        raise ValueError(
+            f"{os.path.basename(os.fspath(path))} already exists: choose another output filename, or turn "
+            "overwrite on to replace a concept trained earlier"
+        )
     from safetensors import safe_open
 
     try:
@@ -409,10 +416,14 @@ def save_concept(result: TrainResult, path: str | os.PathLike) -> None:
     save_native(path, result.concept)
 
 
-def train_to_file(model, clip, vae, images, config: TrainConfig, path: str | os.PathLike, **kwargs) -> TrainResult:
+def train_to_file(
+    model, clip, vae, images, config: TrainConfig, path: str | os.PathLike, overwrite: bool = False, **kwargs
+) -> TrainResult:
     """``train_concept`` and save the result to ``path`` (checked before the
-    training starts, so a bad name does not cost a training run)."""
-    check_output_path(path)
+    training starts, so a bad name does not cost a training run, and again
+    before writing: another run may have written it meanwhile)."""
+    check_output_path(path, overwrite)
     result = train_concept(model, clip, vae, images, config, **kwargs)
+    check_output_path(path, overwrite)
     save_concept(result, path)
     return result

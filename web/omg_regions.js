@@ -19,10 +19,9 @@ function attachEditor(node) {
   if (!boxesWidget || widgets.some((w) => w.name === EDITOR_WIDGET)) return;
 
   // Hide the raw JSON field in both renderers; its value still serialises.
+  // Hidden widgets take no row in either renderer's layout (1.32 and later).
   boxesWidget.hidden = true;
   boxesWidget.options = { ...(boxesWidget.options ?? {}), hidden: true };
-  // LiteGraph still reserves a row for hidden widgets unless they measure -4 (its row gap).
-  boxesWidget.computeSize = () => [0, -4];
 
   const editor = new RegionCanvas(node, {
     commit: () => {
@@ -36,6 +35,9 @@ function attachEditor(node) {
   const widget = node.addDOMWidget(EDITOR_WIDGET, "omg_region_boxes", editor.element, {
     serialize: false,
     hideOnZoom: false,
+    // The editor's canvas lives on the node; the properties side panel (1.5x)
+    // would otherwise move that element into itself.
+    hideInPanel: true,
     getValue: () => "",
     setValue: () => {},
     getMinHeight: () => editor.minHeight(),

@@ -20,6 +20,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # omg_core: the benchmark's box layouts
 FRONTEND_VERSION = "1.32.9"
+PINNED_COMFYUI = "0.3.75"  # the host whose node schemas the templates are written from
 CHECKPOINT = "omg-toyworld-sd15.safetensors"  # the toy world's model (README: "The toy world")
 CONCEPTS = {"target": "target", "house": "house", "kite": "kite", "berry": "berry"}  # name -> trigger word
 BASIS_SEED = 11  # the toy-world concepts sit in slots 0-3 of this basis
@@ -539,6 +540,34 @@ def train_concept(g: Graph) -> None:
     g.node("PreviewAny", (760, 400), (420, 120), title="Saved as", source=train["filename"])
 
 
+def detected_boxes_regions(g: Graph) -> None:
+    """A core box becomes a region; the regions' boxes go back to a core node that draws them."""
+    note = (
+        "Regions from core boxes (ComfyUI 0.33 and later).\n\nThe house's box is drawn on OMG Regions; the "
+        "berry's comes from a core Bounding Box node in pixels (connect a detector such as RT-DETR, SAM 3 or "
+        "MediaPipe face there instead). Detected boxes follow the drawn ones and take the next prompt lines; "
+        "the last line serves every further detected box, so one line puts a concept on every detected face. "
+        "OMG Regions' bboxes output goes to Draw BBoxes, which draws every region over the image."
+    )
+    ckpt, fuse, apply, latent = regional_workflow(g, ["house", "berry"], SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
+    regions = next(n for n in g.nodes if n.type == "OMGRegions")
+    from omg_core.toyworld.bench_composition import LAYOUTS
+
+    drawn, (x0, y0, x1, y1) = LAYOUTS[2]
+    box = dict(x=round(x0 * SIZE), y=round(y0 * SIZE), width=round((x1 - x0) * SIZE), height=round((y1 - y0) * SIZE))
+    core = g.node("PrimitiveBoundingBox", (740, 760), (320, 150), title="Bounding Box (the berry)", **box)
+    regions.set(
+        boxes=json.dumps({"version": 1, "boxes": [dict(zip(("x0", "y0", "x1", "y1"), drawn))]}),
+        detected_boxes=core["BOUNDING_BOX"],
+    )
+    sample_and_save(
+        g, apply["MODEL"], apply["positive"], fuse["CLIP"], ckpt["VAE"], latent["LATENT"], (1180, 280), "omg_core_boxes"
+    )
+    decoded = next(n for n in g.nodes if n.type == "VAEDecode")
+    shown = g.node("DrawBBoxes", (1540, 720), (300, 80), image=decoded["IMAGE"], bboxes=regions["bboxes"])
+    g.node("PreviewImage", (1880, 720), (300, 300), title="Regions over the image", images=shown["out_image"])
+
+
 WORKFLOWS: dict = {
     "omg_two_concepts_regions": two_concepts_regions,
     "omg_three_concepts": three_concepts,
@@ -548,9 +577,23 @@ WORKFLOWS: dict = {
 }
 
 
-def write_all(object_info: dict, out_dir: Path = HERE) -> list[Path]:
+# Written from a ComfyUI that has the core box types (0.33 and later) into core_boxes/, which is not a
+# template folder: hosts without those nodes would list these workflows with missing nodes.
+CORE_BOX_WORKFLOWS: dict = {"omg_detected_boxes_regions": detected_boxes_regions}
+CORE_BOX_DIR = HERE / "core_boxes"
+
+
+def has_core_boxes(object_info: dict) -> bool:
+    return "PrimitiveBoundingBox" in object_info and "detected_boxes" in object_info["OMGRegions"]["input"].get(
+        "optional", {}
+    )
+
+
+def write_all(object_info: dict, out_dir: Path = HERE, workflows: dict | None = None) -> list[Path]:
+    """The workflows of ``workflows`` (default: the templates) written from the node schemas of ``object_info``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, build in WORKFLOWS.items():
+    for name, build in (WORKFLOWS if workflows is None else workflows).items():
         g = Graph(object_info)
         build(g)
         path = out_dir / f"{name}.json"
@@ -581,7 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", help="a running ComfyUI with this pack (default: start one)")
     args = p.parse_args(argv)
-    for path in write_all(fetch_object_info(args.url)):
+    info = fetch_object_info(args.url)
+    # The templates are written from the pinned host's schemas; the core-box examples from a host that has them.
+    paths = write_all(info, CORE_BOX_DIR, CORE_BOX_WORKFLOWS) if has_core_boxes(info) else write_all(info)
+    for path in paths:
         print(f"wrote {path.relative_to(REPO)}")
     return 0
 

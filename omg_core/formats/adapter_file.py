@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -175,11 +176,13 @@ def load_pickle(path: str | os.PathLike):
                 f"{name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); it is probably truncated "
                 "or corrupt: download or copy it again."
             ) from exc
-        reason = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        # Name what the file refers to, never torch's own advice (to allowlist it or load it unsafely).
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        reason = f"it refers to {found.group(1)}, which is not a tensor" if found else "it holds more than tensors"
         raise ValueError(
-            f"{name} was refused: loading it would run code stored in the file ({reason or 'not plain tensors'}). "
-            "OMG reads PyTorch checkpoints only with weights_only=True. Convert it to safetensors with a tool you "
-            "trust, or get a safetensors release of this concept."
+            f"{name} was refused: loading it would run code stored in the file ({reason}). OMG reads PyTorch "
+            "checkpoints as plain tensors only (weights_only=True). Get a safetensors release of this concept, or "
+            "convert the file to safetensors with a tool you trust."
         ) from exc
     except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError… for damaged archives
         raise ValueError(

@@ -73,6 +73,11 @@ class ComfyPage:
         )
         self.page.wait_for_timeout(300)
 
+    def load_workflow(self, workflow: dict) -> None:
+        """Load a workflow as opening its file does (for ones that are not templates)."""
+        self.js("async (w) => { await app.loadGraphData(w); }", workflow)
+        self.page.wait_for_timeout(300)
+
     def node_ids(self, comfy_class: str) -> list[int]:
         return self.js(
             "(cls) => app.graph.nodes.filter((n) => n.comfyClass === cls).map((n) => n.id)",

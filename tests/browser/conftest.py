@@ -36,7 +36,10 @@ CHROMIUM_ARGS = [
 def comfy_server(tmp_path_factory) -> Iterator[comfy_host.ServerHost]:
     base = comfy_host.prepare_base_directory(tmp_path_factory.mktemp("comfy-browser"))
     demo_assets.ensure_demo_models(base / "models")
-    host = comfy_host.ServerHost(base, port=comfy_host.free_port())
+    # OMG_FRONTEND_ROOT serves another frontend build (the test matrix's newest one).
+    frontend = os.environ.get("OMG_FRONTEND_ROOT")
+    extra = ["--front-end-root", frontend] if frontend else []
+    host = comfy_host.ServerHost(base, port=comfy_host.free_port(), extra_args=extra)
     host.start()
     # No first-run template gallery or minimap over the canvas.
     host.post("/settings/Comfy.TutorialCompleted", True)

@@ -210,7 +210,9 @@ def test_keys_that_match_no_layer_are_listed(sd15, tmp_path):
     up, down = torch.randn(320, 4), torch.randn(4, 768)
     name = "lora_unet_input_blocks_7_1_transformer_blocks_0_attn2_to_k"
     save_file({f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down}, str(tmp_path / "x.safetensors"))
-    with pytest.raises(ValueError, match=f"none of its layers match a layer of this SD1.5 model \\({name}\\)"):
+    with pytest.raises(
+        ValueError, match=f"none of its 1 layer\\(s\\) matches a layer of this SD1.5 model \\({name}\\)"
+    ):
         load_concept(tmp_path / "x.safetensors", model, clip)
 
 
@@ -221,7 +223,9 @@ def test_some_unmatched_layers_are_counted(sd15, tmp_path):
     sd["lora_unet_input_blocks_7_1_proj_in.lora_up.weight"] = torch.randn(320, 4, dtype=torch.float16)
     sd["lora_unet_input_blocks_7_1_proj_in.lora_down.weight"] = torch.randn(4, 320, dtype=torch.float16)
     save_file(sd, str(fx.path))
-    with pytest.raises(ValueError, match="1 of its 9 layers match.*different model architecture"):
+    with pytest.raises(
+        ValueError, match="1 of its 9 layers match no layer of this SD1.5 model.*different model architecture"
+    ):
         load_concept(fx.path, model, clip)
 
 

@@ -441,3 +441,61 @@ def test_bad_boxes_json_fails_the_prompt_with_the_parser_message(host):
         host.run(workflow(CHECKPOINT, regional=True, boxes="{oops"))
     errors = [d.get("exception_message", "") for e, d in host.executor.status_messages if e == "execution_error"]
     assert "boxes is not valid JSON" in str(failed.value) + " ".join(errors)
+
+
+def test_routed_mode_without_concepts_or_on_a_fused_model_is_refused(host):
+    import comfy_host
+
+    prompt = workflow(CHECKPOINT, regional=True)
+    del prompt["8"]["inputs"]["concepts"]
+    with pytest.raises(comfy_host.PromptFailed, match="routed mode has no concepts to route: connect the OMG Load"):
+        host.run(prompt)
+    prompt = workflow(CHECKPOINT, regional=True)
+    prompt["13"] = {
+        "class_type": "OMGFuseConcepts",
+        "inputs": {"model": ["1", 0], "clip": ["1", 1], "concepts": ["10", 0], "method": "additive"},
+    }
+    prompt["13"]["inputs"]["regularization"] = 0.001
+    prompt["8"]["inputs"]["model"] = ["13", 0]
+    with pytest.raises(comfy_host.PromptFailed, match="this MODEL already has cat, dog fused in"):
+        host.run(prompt)
+
+
+def test_a_routed_region_without_a_concept_is_named_in_the_console_and_on_the_node(host, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        outputs = host.run(workflow(CHECKPOINT, regional=True))
+    # Region 3 is the mask region "green grass": no trigger word, so the base model draws it.
+    assert any("region 3 ('green grass') names no concept's trigger word" in r.getMessage() for r in caplog.records)
+    (shown,) = outputs["8"]["images"]  # the node's own preview: the regions with the warning under them
+    assert shown["type"] == "temp"
+    assert host.node_outputs("8")[2][0].shape == (1, 64, 64, 3)  # the mask_preview output keeps the image size
+
+
+@pytest.mark.parametrize(
+    "boxes, message",
+    [
+        (
+            '{"version": 1, "boxes": [{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "weight": 1e39}]}',
+            "weight 1e\\+39 is above 10",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("{oops", "boxes is not valid JSON"),
+    ],
+)
+def test_bad_boxes_are_refused_when_queued_before_anything_runs(host, boxes, message):
+    import comfy_host
+
+    # "prompt invalid": refused by the validator, so no loader, fusion or sampler ran.
+    with pytest.raises(comfy_host.PromptFailed, match=f"prompt invalid.*{message}"):
+        host.run(workflow(CHECKPOINT, regional=True, boxes=boxes))
+
+
+def test_a_non_finite_strength_is_refused_when_queued(host):
+    import comfy_host
+
+    prompt = workflow(CHECKPOINT, regional=True)
+    prompt["9"]["inputs"]["strength"] = float("nan")
+    with pytest.raises(comfy_host.PromptFailed, match="prompt invalid.*strength is nan: give it a finite number"):
+        host.run(prompt)

@@ -211,6 +211,8 @@ def test_learned_trigger_embedding_starts_at_the_class_word_and_moves(sd15, tmp_
     cat_ids = [t[0] for t in clip.tokenize("cat", return_word_ids=True)["l"][0] if t[2] != 0]
     init = table_before[cat_ids].float().mean(0)
 
+    # What the host itself put on the CLIP (0.33 adds a compute-dtype object patch at load).
+    clip_patches_before = dict(clip.patcher.patches), dict(clip.patcher.object_patches)
     path = tmp_path / "emb.safetensors"
     config = _config("a", steps=2, learn_embedding=True, embedding_lr=1e-3)
     result = train_to_file(model, clip, vae, _images("disc"), config, path)
@@ -219,7 +221,7 @@ def test_learned_trigger_embedding_starts_at_the_class_word_and_moves(sd15, tmp_
     moved = float((emb.vectors[0] - init).norm())
     assert 0 < moved < float(init.norm()), moved
     assert torch.equal(table, table_before), "the input CLIP's token table changed"
-    assert not clip.patcher.patches and not clip.patcher.object_patches
+    assert (dict(clip.patcher.patches), dict(clip.patcher.object_patches)) == clip_patches_before
     saved = comfy.utils.load_torch_file(str(path), safe_load=True)
     assert torch.equal(saved["bundle_emb.omgcat.clip_l"], emb.vectors)
 
@@ -355,8 +357,10 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
     "inputs, message",
     [
         ({"filename": "../outside"}, "must be a file name inside the loras folder"),
-        ({"filename": "omg-test-cat"}, "already exists and is not a concept trained by this node"),
-        ({"slot": 4000}, "slot 4000 is out of range"),
+        ({"filename": "omg-test-cat"}, "already exists: choose another output filename, or turn overwrite on"),
+        ({"filename": "omg-test-cat", "overwrite": True}, "already exists and is not a concept trained by this node"),
+        ({"learning_rate": float("nan")}, "learning_rate is nan: give it a finite number"),
+        ({"slot": 4000, "filename": "omg-test/slot-4000"}, "slot 4000 is out of range"),
     ],
 )
 def test_train_node_reports_bad_inputs_clearly(host, inputs, message):
@@ -364,6 +368,25 @@ def test_train_node_reports_bad_inputs_clearly(host, inputs, message):
 
     with pytest.raises(comfy_host.PromptFailed, match=message):
         host.run(_node_prompt(steps=1, learn_embedding=False, **inputs))
+
+
+def test_a_second_run_never_replaces_the_first_without_overwrite(host):
+    """Queue-time refusal (nothing trained, nothing written); with overwrite on the earlier concept is replaced."""
+    import hashlib
+    import os
+
+    import folder_paths
+
+    import comfy_host
+
+    path = os.path.join(folder_paths.get_folder_paths("loras")[0], "omg-test", "twice.safetensors")
+    host.run(_node_prompt(filename="omg-test/twice", steps=1, learn_embedding=False))
+    first = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with pytest.raises(comfy_host.PromptFailed, match="prompt invalid.*twice.safetensors already exists"):
+        host.run(_node_prompt(filename="omg-test/twice", steps=1, learn_embedding=False, seed=1))
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == first
+    host.run(_node_prompt(filename="omg-test/twice", steps=1, learn_embedding=False, seed=1, overwrite=True))
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() != first
 
 
 def test_command_line_trains_from_an_image_folder(comfy, sd15_checkpoint, tmp_path):
@@ -383,5 +406,9 @@ def test_command_line_trains_from_an_image_folder(comfy, sd15_checkpoint, tmp_pa
 
     concept = read_native_concept(out)
     assert concept.triggers == ("omgcli",) and concept.metadata["omg_basis_slot"] == "2"
+    with pytest.raises(SystemExit, match="cli.safetensors already exists: choose another output filename"):
+        cli.main(args)
+    assert cli.main([*args, "--overwrite"]) == 0
+    out.unlink()
     with pytest.raises(SystemExit, match="no images"):
         cli.main([*args[:3], str(tmp_path), *args[4:]])

@@ -269,3 +269,61 @@ def test_attention_map_picture_has_one_panel_per_token():
     maps = {"omgcat": torch.rand(8, 8), "omgdog": torch.rand(8, 8)}
     image = render_attention_maps(maps, spec, {"omgcat": 0, "omgdog": 1})
     assert image.shape == (1, 64, 64 * 2 + 4, 3)
+
+
+def test_mixing_numbers_that_would_not_stay_finite_in_float32_are_refused():
+    from omg_core.regions import MAX_FEATHER, MAX_WEIGHT
+
+    for extra, message in (
+        ({"weight": 1e39}, f"weight 1e\\+39 is above {MAX_WEIGHT:g}"),
+        ({"feather": 5000}, f"feather 5000 is above {MAX_FEATHER:g} pixels"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_boxes(boxes_json((0, 0, 1, 1), **extra), 512, 512)
+    with pytest.raises(ValueError, match="weight is nan — give it a finite number"):
+        mask_region(torch.ones(8, 8), "p", weight=float("nan"))
+    # At the bounds the shares stay finite in float32.
+    (box,) = parse_boxes(boxes_json((0, 0, 1, 1), weight=MAX_WEIGHT, feather=MAX_FEATHER), 512, 512)
+    cells = rasterize(RegionSpec(512, 512, (Region("p", **box),)), 64, 64)
+    assert torch.isfinite(cells[0].coef).all()
+
+
+def test_deeply_nested_boxes_json_is_a_clear_error():
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_boxes("[" * 100_000 + "]" * 100_000, 512, 512)
+
+
+def test_warnings_name_regions_without_a_concept_and_boxes_below_one_latent_cell():
+    from omg_core.regions import region_warnings
+
+    cat = Concept(name="cat", triggers=("omgcat",), family="sd15", source_format="native")
+    spec = regions_from_widgets(512, 512, boxes_json((0, 0, 0.5, 1), (0.6, 0.6, 0.61, 0.61)), "omgcat cat\na bowl")
+    routed = region_warnings(spec, bind_regions(spec, [cat]))
+    assert len(routed) == 2
+    assert "region 2 ('a bowl') names no concept's trigger word: the base model draws it" in routed[0]
+    assert "region 2 ('a bowl') covers no whole latent cell (8×8 px) of the 512×512 image" in routed[1]
+    fused = region_warnings(spec)
+    assert len(fused) == 1 and "covers no whole latent cell" in fused[0]
+    assert region_warnings(regions_from_widgets(512, 512, TWO, "a\nb")) == []
+
+
+def test_preview_notes_are_written_under_the_picture():
+    spec = regions_from_widgets(256, 256, TWO, "a\nb")
+    plain = render_preview(spec)
+    noted = render_preview(spec, notes=["region 2 has no effect: make the box larger"] * 2)
+    assert noted.shape[2] == plain.shape[2] and noted.shape[1] > plain.shape[1]
+    torch.testing.assert_close(noted[:, : plain.shape[1]], plain)
+    assert float(noted[:, plain.shape[1] :].std()) > 0  # text was drawn
+
+
+def test_a_mask_region_on_a_latent_of_another_aspect_is_named_stretched():
+    from omg_core.regions import stretch_warning
+
+    lone = mask_region(torch.ones(64, 64), "p")  # a lone mask region: the image is the mask's 64×64
+    assert stretch_warning(lone, 8, 8) is None and stretch_warning(lone, 4, 4) is None
+    assert "made for a 64×64 image, but the latent is 16×8 cells" in stretch_warning(lone, 8, 16)
+    # Odd latents round up at each stride-2 step; that is not a change of aspect.
+    wide = mask_region(torch.ones(72, 120), "p")
+    assert all(stretch_warning(wide, h, w) is None for h, w in latent_grids(9, 15))
+    boxes = regions_from_widgets(64, 64, TWO, "a\nb")
+    assert stretch_warning(boxes, 8, 16) is None  # boxes are fractions of any image

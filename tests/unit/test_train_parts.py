@@ -144,8 +144,12 @@ def test_output_path_never_overwrites_a_file_that_is_not_a_trained_concept(tmp_p
     check_output_path(tmp_path / "new.safetensors")  # absent: fine
     foreign = tmp_path / "someones-lora.safetensors"
     save_file({"x": torch.zeros(1)}, str(foreign))
-    with pytest.raises(ValueError, match="already exists and is not a concept trained by this node"):
+    with pytest.raises(ValueError, match="already exists: choose another output filename"):
         check_output_path(foreign)
+    with pytest.raises(ValueError, match="already exists and is not a concept trained by this node"):
+        check_output_path(foreign, overwrite=True)
     trained = tmp_path / "trained.safetensors"
     save_file({"x": torch.zeros(1)}, str(trained), metadata={"omg_source_format": "trained"})
-    check_output_path(trained)
+    with pytest.raises(ValueError, match="already exists: choose another output filename, or turn overwrite on"):
+        check_output_path(trained)
+    check_output_path(trained, overwrite=True)

@@ -72,6 +72,10 @@ export function parseBoxes(text) {
   return { ok: true, doc };
 }
 
+// The backend's bounds (omg_core.regions.MAX_WEIGHT, MAX_FEATHER): shares stay finite in float32.
+export const MAX_WEIGHT = 10;
+export const MAX_FEATHER = 1024;
+
 // Keys a box may carry besides its corners (omg_core.regions.OPTIONAL_BOX_KEYS).
 export const OPTIONAL_KEYS = ["weight", "ratio", "feather", "label", "concept"];
 
@@ -82,8 +86,10 @@ function optionalKeyProblem(b) {
     if (k in b && (typeof b[k] !== "number" || !Number.isFinite(b[k]))) return `"${k}" must be a number`;
   }
   if (b.weight < 0) return `weight ${b.weight} is negative (0 switches the region off)`;
+  if (b.weight > MAX_WEIGHT) return `weight ${b.weight} is above ${MAX_WEIGHT}`;
   if (b.ratio < 0 || b.ratio > 1) return `ratio ${b.ratio} must be in 0..1`;
   if (b.feather < 0) return `feather ${b.feather} must be 0 or more pixels`;
+  if (b.feather > MAX_FEATHER) return `feather ${b.feather} is above ${MAX_FEATHER} pixels`;
   for (const k of ["label", "concept"]) {
     if (k in b && typeof b[k] !== "string" && !(k === "concept" && b[k] === null)) return `"${k}" must be a string`;
   }
@@ -96,9 +102,9 @@ function optionalKeyProblem(b) {
 export const BOX_PARAMS = [
   { key: "ratio", def: 1, min: 0, max: 1, step: 0.05,
     title: "share of the region prompt inside the box (1: only the region prompt, 0: only the global prompt)" },
-  { key: "weight", def: 1, min: 0, max: null, step: 0.1,
+  { key: "weight", def: 1, min: 0, max: MAX_WEIGHT, step: 0.1,
     title: "how much this region counts where regions overlap (0 switches it off)" },
-  { key: "feather", def: 0, min: 0, max: null, step: 1,
+  { key: "feather", def: 0, min: 0, max: MAX_FEATHER, step: 1,
     title: "soft edge, in pixels, ramping the region in from its border (0: hard edge)" },
 ];
 

@@ -208,17 +208,22 @@ export class RegionCanvas {
     return this.node.widgets?.find((w) => w.name === name);
   }
 
+  /** The index of the input socket of widget ``name``, when something is connected to it. */
+  linkedSlot(name) {
+    const index = this.node.inputs?.findIndex((i) => i.name === name || i.widget?.name === name) ?? -1;
+    return index >= 0 && this.node.isInputConnected?.(index) ? index : -1;
+  }
+
   inputLinked(name) {
-    const slot = this.node.inputs?.find((i) => i.name === name || i.widget?.name === name);
-    return slot && slot.link != null ? slot : null;
+    return this.linkedSlot(name) >= 0;
   }
 
   /** A number fed into a widget's input socket by a widget-holding node (Int, Primitive). */
   linkedNumber(name) {
-    const slot = this.inputLinked(name);
+    const index = this.linkedSlot(name);
     const graph = this.node.graph;
-    if (!slot || !graph) return undefined;
-    const link = graph.links?.get ? graph.links.get(slot.link) : graph.links?.[slot.link];
+    if (index < 0 || !graph) return undefined;
+    const link = this.node.getInputLink(index);
     const origin = link && graph.getNodeById?.(link.origin_id);
     const w = origin?.widgets?.find((x) => x.name === "value" || x.name === name);
     const v = Number(w?.value);
@@ -246,7 +251,7 @@ export class RegionCanvas {
     if (this.drag) return;
     this.adoptMountPoint();
     const { W, H } = this.imageSize();
-    const sig = JSON.stringify([W, H, this.boxesText(), this.promptText(), !!this.inputLinked("boxes"), this.snap]);
+    const sig = JSON.stringify([W, H, this.boxesText(), this.promptText(), this.inputLinked("boxes"), this.snap]);
     if (sig === this.signature) {
       // The graph was zoomed: re-render at the new resolution.
       const { width } = this.backingSize();
@@ -504,9 +509,12 @@ export class RegionCanvas {
     }
     const n = boxes.length;
     const lines = promptCount(this.promptText());
-    const mismatch = !this.inputLinked("region_prompts") && lines !== n;
-    let text = `${W}×${H} · ${n} box${n === 1 ? "" : "es"}`;
-    if (mismatch) text += ` · ${lines} prompt line${lines === 1 ? "" : "s"}: write one line per box`;
+    // Detected boxes (a core BOUNDING_BOX input) follow the drawn ones; their number is known only when it runs.
+    const detected = this.inputLinked("detected_boxes");
+    const mismatch = !this.inputLinked("region_prompts") && (detected ? lines <= n : lines !== n);
+    let text = `${W}×${H} · ${n} box${n === 1 ? "" : "es"}${detected ? " + detected boxes" : ""}`;
+    if (mismatch && detected) text += ` · ${lines} prompt line${lines === 1 ? "" : "s"}: one per drawn box, then the detected boxes' line(s)`;
+    else if (mismatch) text += ` · ${lines} prompt line${lines === 1 ? "" : "s"}: write one line per box`;
     if (n >= MAX_BOXES) text += ` · at most ${MAX_BOXES} boxes`;
     this.status.textContent = text;
     this.status.classList.toggle("warn", mismatch);
