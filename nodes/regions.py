@@ -5,6 +5,7 @@ from comfy_api.latest import io, ui
 
 from omg_core.attention_maps import attention_maps_image, concept_recorder
 from omg_core.attention_patch import MODES
+from omg_core.placement import DEFAULT_PLACEMENT, PLACEMENTS, PlacementSettings
 from omg_core.region_images import render_preview
 from omg_core.regional_prompting import regional_prompting, regional_warnings
 from omg_core.regions import MAX_FEATHER, MAX_WEIGHT, mask_region, parse_boxes, pixel_boxes, regions_from_widgets
@@ -226,6 +227,37 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     tooltip="Record each concept trigger word's cross-attention map while sampling (needs the "
                     "concepts input), for OMG Attention Maps. Costs a little time per step.",
                 ),
+                # Appended after the older widgets: saved workflows list widget values by position.
+                io.Combo.Input(
+                    "placement",
+                    options=list(PLACEMENTS),
+                    default=DEFAULT_PLACEMENT,
+                    optional=True,
+                    tooltip="How hard each concept is pushed into its box early in sampling. attention: regional "
+                    "attention only (one UNet pass per step). latent_composition: in the first placement_steps of "
+                    "the run each box is also denoised on its own crop with its own prompt (routed: its own "
+                    "concept) and blended in by placement_strength — one extra UNet pass per box, on the box's area, "
+                    "in those steps.",
+                ),
+                io.Float.Input(
+                    "placement_strength",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Share of the box's own prediction inside the box (0: as attention, 1: the box's own).",
+                ),
+                io.Float.Input(
+                    "placement_steps",
+                    default=0.3,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Share of the sampling steps, from the first, that placement acts on; later steps "
+                    "use regional attention alone and join the boxes with the rest of the image.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="A patched clone; the input model is unchanged."),
@@ -235,11 +267,26 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, placement_strength=None, placement_steps=None) -> bool | str:
+        return numbers_in_range(cls, placement_strength=placement_strength, placement_steps=placement_steps)
+
+    @classmethod
     def execute(
-        cls, model, clip, regions, base_prompt, mode, concepts=None, record_attention_maps=False
+        cls,
+        model,
+        clip,
+        regions,
+        base_prompt,
+        mode,
+        concepts=None,
+        placement=DEFAULT_PLACEMENT,
+        placement_strength=1.0,
+        placement_steps=0.3,
+        record_attention_maps=False,
     ) -> io.NodeOutput:
         recorder = concept_recorder(model, clip, regions, mode, concepts) if record_attention_maps else None
-        patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts, recorder)
+        how = PlacementSettings(placement, placement_strength, placement_steps)
+        patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts, recorder, how)
         preview = render_preview(regions)
         # Warnings go to the console (regional_warnings) and, written under the preview, onto the node itself;
         # the mask_preview output keeps the image's own size, for workflows that lay it over the image.

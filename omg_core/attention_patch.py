@@ -47,12 +47,14 @@ from omg_core.attention import mix_region, region_attention, token_attention
 from omg_core.attention_recorder import RECORDER_OPTION, AttentionRecorder, own_recorder
 from omg_core.concept import Concept, LowRankUpdate, is_cross_attention_kv
 from omg_core.layerwise import GlobalLayerContexts, select_layer
+from omg_core.placement import LatentComposition, LayoutBias, PlacementSettings, SelfAttentionLayout, region_alone
 from omg_core.regions import RegionCells, RegionSpec, rasterize, stretch_warning
 
 MODES = ("fused", "routed")
 _BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
 CONTEXT_OPTION = "omg_attn2_context"  # where the context noter leaves a block's text features
+REGION_PASS_OPTION = "omg_region_pass"  # transformer_options key: the RegionalAttention of a region's own pass
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,7 +350,9 @@ class _LayerPatch:
         return self
 
     def __call__(self, q, k, v, extra_options):
-        return self.state.attend(self.layer, self.previous, q, k, v, extra_options)
+        # A region's own pass (omg_core.placement) brings the state that gives the whole pass to that region.
+        state = extra_options.get(REGION_PASS_OPTION) or self.state
+        return state.attend(self.layer, self.previous, q, k, v, extra_options)
 
 
 def check_routable(concept: Concept, layers: Sequence[CrossAttentionLayer]) -> None:
@@ -423,9 +427,11 @@ def apply_regional_attention(
     bindings: Sequence[Concept | None] | None = None,
     recorder: AttentionRecorder | None = None,
     global_layers: torch.Tensor | None = None,
+    placement: PlacementSettings | None = None,
 ):
     """A clone of ``model`` whose every cross-attention block does regional
-    attention; ``prompts[i]`` holds region i's text features. In routed mode
+    attention; ``prompts[i]`` holds region i's text features. ``placement``
+    adds an early-step placement method (``omg_core.placement``). In routed mode
     ``bindings[i]`` is the concept whose k/v update region i gets (or None).
     ``global_layers`` [L, T, D]: the global prompt's per-layer encodings
     (``omg_core.layerwise``), read by block ``order`` i in place of the
@@ -471,7 +477,36 @@ def apply_regional_attention(
         options[RECORDER_OPTION] = recorder
         recorder.owner = options
         clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, RECORDER_OPTION, _reset_recorder)
+    if placement is not None and placement.method == "latent_composition" and placement.strength > 0:
+        _add_latent_composition(clone, spec, prompts, layers, routed is not None, bindings, placement)
+    if placement is not None and placement.method == "self_attention" and placement.strength > 0 and len(spec):
+        existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+        bias = LayoutBias(spec, placement.strength)
+        for layer in layers:
+            previous = existing.get(layer.key) or existing.get(layer.key[:2])
+            clone.set_model_attn1_replace(SelfAttentionLayout(bias, placement, previous), *layer.key)
     return clone
+
+
+def _add_latent_composition(clone, spec, prompts, layers, routed, bindings, placement) -> None:
+    """Each box region's own pass: a RegionalAttention that gives the whole
+    crop to that region (its prompt, and in routed mode its concept alone)."""
+    states = {}
+    for i, region in enumerate(spec.regions):
+        if region.box is None:
+            continue
+        one, bound = [prompts[i]], [bindings[i]] if routed else None
+        states[i] = RegionalAttention(
+            region_alone(spec, i),
+            one,
+            routed_deltas(layers, one, bound) if routed else None,
+            None,
+            None,
+            routed_updates(layers, one, bound) if routed else None,
+        )
+    if states:
+        previous = clone.model_options.get("model_function_wrapper")
+        clone.set_model_unet_function_wrapper(LatentComposition(spec, states, placement, previous))
 
 
 def _reset_recorder(patcher) -> None:

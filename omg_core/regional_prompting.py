@@ -24,6 +24,7 @@ from omg_core.attention_patch import (
 from omg_core.attention_recorder import AttentionRecorder
 from omg_core.concept import Concept
 from omg_core.layerwise import layer_contexts
+from omg_core.placement import PlacementSettings
 from omg_core.regions import RegionSpec, bind_regions, region_warnings
 
 
@@ -112,6 +113,7 @@ def regional_prompting(
     mode: str = "fused",
     concepts: Sequence[Concept] | None = None,
     recorder: AttentionRecorder | None = None,
+    placement: PlacementSettings | None = None,
 ):
     """What OMG Apply Regional Attention does: the positive CONDITIONING of the
     global prompt and a clone of ``model`` that confines each region's prompt
@@ -132,7 +134,7 @@ def regional_prompting(
         prompts.append(
             RegionPrompt(encode_text(c, region.prompt, layers), encode_text(c, negative, layers) if negative else None)
         )
-    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder, global_layers)
+    patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder, global_layers, placement)
     return patched, positive
 
 

@@ -33,6 +33,22 @@ it governs everything outside the boxes, and naming the objects there draws
 them there too (on base-object pairs: both in their boxes 0.53 with an empty
 global prompt, 0.25 with the caption). ``no_regions`` has only the caption.
 
+Placement methods (``omg_core.placement``) are methods of their own here:
+``regional_routed_lc`` and ``regional_additive_lc`` add early-step latent
+composition to the routed and the fused regional methods, ``regional_routed_sa``
+the self-attention layout to the routed one.
+
+Beyond the rates, each box's **outcome** is counted — right, spill (the
+concept found, mostly outside its box), bleed, base object, empty, other —
+and each image's **stray objects** outside every box (``outcomes``); every
+rate also per concept; and each method's **cost** per image as a ratio to
+plain sampling of the same batch, timed in the same run (plain batches are
+interleaved with the method's).
+
+Layouts: the fixed ones (``layouts.FIXED``, what the example workflows draw),
+``--random N`` layouts per count from ``layouts.random_layouts`` with
+``--seed``, or a user's own (``--layouts FILE``).
+
 Every rate comes with a 95 % Wilson score interval; boxes of one image are
 not independent, so per-box intervals are somewhat optimistic. ComfyUI is
 imported lazily; the command boots it in-process.
@@ -56,17 +72,11 @@ import torch
 from omg_core.toyworld import scenes as S
 from omg_core.toyworld.detector import CLASSES
 from omg_core.toyworld.generate import SamplerSettings
+from omg_core.toyworld.layouts import FIXED, Layout, fixed_layouts, layouts_json
+from omg_core.toyworld.outcomes import OUTCOMES, read_image
 
 BoxN = tuple[float, float, float, float]
-# Boxes with gaps between them: touching boxes make touching objects, which
-# merge into one blob at this scale. On the 128-px canvas compositions are
-# drawn at, a box is about the size of a whole 64-px training image.
-LAYOUTS: dict[int, tuple[BoxN, ...]] = {
-    1: ((0.25, 0.25, 0.75, 0.75),),
-    2: ((0.0, 0.2, 0.42, 0.8), (0.58, 0.2, 1.0, 0.8)),
-    3: ((0.0, 0.0, 0.42, 0.42), (0.58, 0.0, 1.0, 0.42), (0.29, 0.58, 0.71, 1.0)),
-    4: ((0.0, 0.0, 0.42, 0.42), (0.58, 0.0, 1.0, 0.42), (0.0, 0.58, 0.42, 1.0), (0.58, 0.58, 1.0, 1.0)),
-}
+LAYOUTS = FIXED  # the fixed layouts by concept count (the example workflows draw them)
 COMPOSITION_SIZE = 128
 
 
@@ -76,6 +86,7 @@ class Method:
     concepts: str  # "orthogonal" | "plain"
     fusion: str | None  # fuse() method for the weights, None: base weights
     conditioning: str  # "global" | "fused" | "routed" | "area"
+    placement: str = "attention"  # omg_core.placement.PLACEMENTS (regional methods)
 
 
 METHODS: tuple[Method, ...] = (
@@ -85,6 +96,9 @@ METHODS: tuple[Method, ...] = (
     Method("regional_least_squares", "orthogonal", "least_squares", "fused"),
     Method("regional_naive", "plain", "additive", "fused"),
     Method("area_conditioning", "plain", "additive", "area"),
+    Method("regional_additive_lc", "orthogonal", "additive", "fused", "latent_composition"),
+    Method("regional_routed_lc", "orthogonal", None, "routed", "latent_composition"),
+    Method("regional_routed_sa", "orthogonal", None, "routed", "self_attention"),
 )
 METHOD_NAMES = tuple(m.name for m in METHODS)
 
@@ -139,6 +153,9 @@ class BenchSettings:
     sampler: SamplerSettings = SamplerSettings()
     seed: int = 0
     regularization: float = 1e-3
+    layouts: tuple[Layout, ...] | None = None  # None: the fixed layouts
+    placement_strength: float = 1.0
+    placement_steps: float = 0.3
 
 
 QUICK = BenchSettings(
@@ -158,9 +175,20 @@ class MethodResult:
     success: dict[int, Rate] = field(default_factory=dict)
     in_company: dict[int, Rate] = field(default_factory=dict)
     bleed: dict[int, Rate] = field(default_factory=dict)
+    outcomes: dict[int, dict[str, Rate]] = field(default_factory=dict)  # per count: share of boxes per outcome
+    strays: dict[int, Rate] = field(default_factory=dict)  # per count: stray objects (k) over images (n)
+    stray_images: dict[int, Rate] = field(default_factory=dict)  # per count: images with any stray object
+    per_concept: dict[str, Rate] = field(default_factory=dict)  # a box holding its concept, by concept
+    alone_per_concept: dict[str, Rate] = field(default_factory=dict)
     alone: Rate = field(default_factory=Rate)
     drift_accuracy: Rate = field(default_factory=Rate)
     drift_changed: Rate = field(default_factory=Rate)
+    seconds: float = 0.0  # sampling the method's composition images
+    plain_seconds: float = 0.0  # sampling the same batches plainly (interleaved)
+
+    @property
+    def cost(self) -> float:
+        return self.seconds / self.plain_seconds if self.plain_seconds else float("nan")
 
     def as_dict(self) -> dict:
         per_n = {
@@ -168,14 +196,22 @@ class MethodResult:
                 "success": self.success[n].as_dict(),
                 "in_company": self.in_company[n].as_dict(),
                 "bleed": self.bleed[n].as_dict(),
+                "outcomes": {k: r.as_dict() for k, r in self.outcomes[n].items()},
+                "strays": {"objects": self.strays[n].k, "images": self.strays[n].n},
+                "images_with_strays": self.stray_images[n].as_dict(),
             }
             for n in self.success
         }
         return {
             "per_count": per_n,
+            "per_concept": {k: r.as_dict() for k, r in self.per_concept.items()},
+            "alone_per_concept": {k: r.as_dict() for k, r in self.alone_per_concept.items()},
             "alone": self.alone.as_dict(),
             "drift_accuracy": self.drift_accuracy.as_dict(),
             "drift_changed": self.drift_changed.as_dict(),
+            "seconds": self.seconds,
+            "plain_seconds": self.plain_seconds,
+            "cost": self.cost,
         }
 
 
@@ -193,6 +229,10 @@ class BenchResult:
             "base_accuracy": self.base_accuracy.as_dict(),
             "seconds": self.seconds,
             "settings": {
+                "layouts": None if self.settings.layouts is None else layouts_json(self.settings.layouts),
+                "placement_strength": self.settings.placement_strength,
+                "placement_steps": self.settings.placement_steps,
+                "seed": self.settings.seed,
                 "counts": list(self.settings.counts),
                 "scenes_per_count": self.settings.scenes_per_count,
                 "max_assignments": self.settings.max_assignments,
@@ -291,13 +331,19 @@ class Bench:
         negative = self.encode(kind, "")
         if method.conditioning in ("fused", "routed"):
             from omg_core.attention_patch import RegionPrompt, apply_regional_attention
+            from omg_core.placement import PlacementSettings
             from omg_core.regions import Region, RegionSpec
 
             regions = tuple(Region(self.prompt(lab, kind), box=tuple(b)) for lab, b in zip(labels, boxes))
             spec = RegionSpec(size, size, regions)
             prompts = [RegionPrompt(self.encode(kind, r.prompt)[0][0]) for r in regions]
             bindings = [self.sets[kind].get(lab) for lab in labels] if method.conditioning == "routed" else None
-            model = apply_regional_attention(model, spec, prompts, mode=method.conditioning, bindings=bindings)
+            placement = PlacementSettings(
+                method.placement, self.settings.placement_strength, self.settings.placement_steps
+            )
+            model = apply_regional_attention(
+                model, spec, prompts, mode=method.conditioning, bindings=bindings, placement=placement
+            )
         elif method.conditioning == "area":
             import nodes
 
@@ -313,6 +359,20 @@ class Bench:
         parts = [self.prompt(lab, kind) for lab in labels]
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
+    def plain(self, seed: int, batch: int) -> torch.Tensor:
+        """Plain sampling of a batch like a method's (base model, empty prompt): the cost reference."""
+        from omg_core.toyworld.generate import sample
+
+        kind = "orthogonal"
+        empty = self.encode(kind, "")
+        return sample(self.model, empty, empty, seed, batch, self.settings.sampler, size=self.settings.size)
+
+    def layouts(self, n: int) -> list[Layout]:
+        st = self.settings
+        if st.layouts is None:
+            return fixed_layouts([n])
+        return [lay for lay in st.layouts if len(lay) == n]
+
     def detect(self, images: torch.Tensor, boxes: Sequence[BoxN]) -> list[list[str]]:
         """Per image, the detected label in each box."""
         n, k = images.shape[0], len(boxes)
@@ -321,24 +381,56 @@ class Bench:
         return [[CLASSES[i] for i in row] for row in idx.tolist()]
 
     # ---------------------------------------------------------------- measurements
+    def scenes(self, n: int) -> list[tuple[tuple[BoxN, ...], tuple[str, ...], int]]:
+        """(boxes, concepts, images) of each batch for ``n`` concepts: on fixed layouts up to
+        ``max_assignments`` seeded assignments of concepts to boxes; on a list of layouts one
+        assignment each (or the one a layout names), the images shared out over the layouts."""
+        st = self.settings
+        layouts = self.layouts(n)
+        if not layouts:
+            return []
+        if st.layouts is None:
+            chosen = assignments(self.names, n, st.max_assignments, st.seed)
+            per = max(1, math.ceil(st.scenes_per_count / len(chosen)))
+            return [(layouts[0].boxes, labels, per) for labels in chosen]
+        per = max(1, math.ceil(st.scenes_per_count / len(layouts)))
+        picks = assignments(self.names, n, len(layouts), st.seed)
+        return [(lay.boxes, lay.concepts or picks[i % len(picks)], per) for i, lay in enumerate(layouts)]
+
     def compositions(self, method: Method, n: int, result: MethodResult, keep: list, progress=None) -> None:
         st = self.settings
-        chosen = assignments(self.names, n, st.max_assignments, st.seed)
-        per = max(1, math.ceil(st.scenes_per_count / len(chosen)))
         success, company, bleed = Rate(), Rate(), Rate()
-        boxes = LAYOUTS[n]
-        for a, labels in enumerate(chosen):
-            images = self.render(method, labels, boxes, st.seed + 1000 * n + a, per)
-            for found in self.detect(images, boxes):
-                hits = [f == want for f, want in zip(found, labels)]
+        outcomes = {k: Rate() for k in OUTCOMES}
+        strays, stray_images = Rate(), Rate()
+        for a, (boxes, labels, per) in enumerate(self.scenes(n)):
+            seed = st.seed + 1000 * n + a
+            # Timed against a plain batch of the same size, interleaved, so machine load hits both alike.
+            started = time.perf_counter()
+            images = self.render(method, labels, boxes, seed, per)
+            result.seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            self.plain(seed, per)
+            result.plain_seconds += time.perf_counter() - started
+            first = None
+            for image in images:
+                reading = read_image(self.detector, image, boxes, labels)
+                first = first or reading
+                hits = [o == "right" for o in reading.outcomes]
                 success.add(all(hits), 1)
                 company.add(sum(hits), len(hits))
-                bleed.add(sum(f in labels and f != want for f, want in zip(found, labels)), len(labels))
+                bleed.add(sum(f in labels and f != want for f, want in zip(reading.found, labels)), len(labels))
+                for o in OUTCOMES:
+                    outcomes[o].add(reading.outcomes.count(o), len(labels))
+                strays.add(reading.strays, 1)
+                stray_images.add(reading.strays > 0, 1)
+                for want, hit in zip(labels, hits):
+                    result.per_concept.setdefault(want, Rate()).add(hit, 1)
             if a == 0:
-                keep.append((images[0], boxes, list(labels), self.detect(images[:1], boxes)[0]))
+                keep.append((images[0], boxes, list(labels), list(first.found)))
             if progress is not None:
                 progress()
         result.success[n], result.in_company[n], result.bleed[n] = success, company, bleed
+        result.outcomes[n], result.strays[n], result.stray_images[n] = outcomes, strays, stray_images
 
     def alone(self, method: Method, result: MethodResult, progress=None) -> None:
         from omg_core.toyworld.generate import locate
@@ -346,7 +438,9 @@ class Bench:
         for i, name in enumerate(self.names):
             images = self.render(method, [name], LAYOUTS[1], self.settings.seed + 50 + i, self.settings.alone_seeds)
             probs = self.detector.probabilities(images, locate(images))
-            result.alone.add(int((probs.argmax(-1) == CLASSES.index(name)).sum()), images.shape[0])
+            hits = int((probs.argmax(-1) == CLASSES.index(name)).sum())
+            result.alone.add(hits, images.shape[0])
+            result.alone_per_concept.setdefault(name, Rate()).add(hits, images.shape[0])
             if progress is not None:
                 progress()
 
@@ -399,23 +493,49 @@ class Bench:
 
 
 # ------------------------------------------------------------------ reporting
-def format_table(result: BenchResult) -> str:
-    counts = result.settings.counts
-    head = ["method"] + [f"success n={n}" for n in counts] + [f"in box n={n}" for n in counts]
-    head += [f"bleed n={n}" for n in counts] + ["alone", "prior acc", "prior changed"]
-    rows = []
-    for name, r in result.methods.items():
-        row = [name] + [str(r.success[n]) for n in counts] + [str(r.in_company[n]) for n in counts]
-        row += [str(r.bleed[n]) for n in counts] + [str(r.alone), str(r.drift_accuracy), str(r.drift_changed)]
-        rows.append(row)
+def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return lines + ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+
+
+def _per_image(rate: Rate) -> str:
+    return f"{rate.k / rate.n:.2f}" if rate.n else "nan"
+
+
+def format_table(result: BenchResult) -> str:
+    """The headline table, then what went wrong in each box (per concept count), then per concept."""
+    counts = result.settings.counts
+    head = ["method"] + [f"success n={n}" for n in counts] + [f"in box n={n}" for n in counts]
+    head += [f"bleed n={n}" for n in counts] + [f"strays/img n={n}" for n in counts]
+    head += ["alone", "prior acc", "prior changed", "cost"]
+    rows = []
+    for name, r in result.methods.items():
+        row = [name] + [str(r.success[n]) for n in counts] + [str(r.in_company[n]) for n in counts]
+        row += [str(r.bleed[n]) for n in counts] + [_per_image(r.strays[n]) for n in counts]
+        row += [str(r.alone), str(r.drift_accuracy), str(r.drift_changed), f"{r.cost:.2f}x"]
+        rows.append(row)
+    lines = _markdown(head, rows)
     lines.append(
         f"base model, no concepts: prior accuracy {result.base_accuracy}; rates with 95% Wilson intervals; "
-        f"{result.seconds:.0f} s"
+        f"cost: sampling time per image over plain sampling of the same batches, interleaved; {result.seconds:.0f} s"
     )
+    rows = []
+    for name, r in result.methods.items():
+        for n in counts:
+            row = [name, str(n)] + [str(r.outcomes[n][o]) for o in OUTCOMES]
+            rows.append(row + [_per_image(r.strays[n]), str(r.stray_images[n])])
+    lines += ["", "What each box held (share of boxes) and stray objects outside every box:", ""]
+    lines += _markdown(["method", "n", *OUTCOMES, "strays/img", "images with strays"], rows)
+    names = sorted({c for r in result.methods.values() for c in r.per_concept} | set())
+    rows = []
+    for name, r in result.methods.items():
+        cells = [f"{r.per_concept[c]} / {r.alone_per_concept.get(c, Rate())}" for c in names if c in r.per_concept]
+        rows.append([name, *cells])
+    if names:
+        lines += ["", "Per concept: in its own box (all counts) / alone:", ""]
+        lines += _markdown(["method", *names], rows)
     return "\n".join(lines)
 
 
@@ -458,6 +578,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=None, help="folder for the table, JSON and grid image")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--counts", default=None, help="comma-separated concept counts (default 2,3,4)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the assignments, the images and --random layouts")
+    ap.add_argument(
+        "--layouts", type=Path, default=None, help="a JSON file of layouts (omg_core.toyworld.layouts.read_layouts)"
+    )
+    ap.add_argument("--random", type=int, default=0, help="this many random layouts per count instead of the fixed")
+    ap.add_argument("--placement-steps", type=float, default=None, help="share of steps placement acts on (0..1)")
+    ap.add_argument("--placement-strength", type=float, default=None, help="placement strength (0..1)")
     args = ap.parse_args(argv)
 
     repo = Path(__file__).resolve().parent.parent.parent
@@ -479,9 +607,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_NAMES)}")
     from dataclasses import replace
 
-    settings = replace(settings, methods=methods)
+    settings = replace(settings, methods=methods, seed=args.seed)
     if args.scenes:
         settings = replace(settings, scenes_per_count=args.scenes)
+    if args.counts:
+        settings = replace(settings, counts=tuple(int(c) for c in args.counts.split(",")))
+    if args.placement_steps is not None:
+        settings = replace(settings, placement_steps=args.placement_steps)
+    if args.placement_strength is not None:
+        settings = replace(settings, placement_strength=args.placement_strength)
+    from omg_core.toyworld.layouts import random_layouts, read_layouts
+
+    if args.layouts and args.random:
+        raise SystemExit("give --layouts or --random, not both")
+    if args.layouts:
+        try:
+            chosen = read_layouts(args.layouts, S.PERSONAL_OBJECTS)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        settings = replace(settings, layouts=tuple(chosen), counts=tuple(sorted({len(x) for x in chosen})))
+    elif args.random:
+        settings = replace(settings, layouts=tuple(random_layouts(settings.counts, args.random, args.seed)))
     out = args.out or repo / ".cache" / "toyworld" / ("bench-quick" if args.quick else "bench")
     model, clip, vae = load_toyworld(bf16=not args.quick)
     orthogonal, plain = load_bench_concepts(model, clip)

@@ -136,7 +136,8 @@ def test_editing_boxes_with_the_mouse_reaches_the_sampler_unchanged(ui, comfy_se
     shown = [rid, save_id, *ui.node_ids("KSampler"), *ui.node_ids("OMGApplyRegionalAttention")]
     ui.fit_view(shown, max_scale=0.85)
     ui.wait_for_node_image(save_id)
-    shot = tmp_path / f"omg_regions_{ui.mode}.png"
+    frontend = ui.js("() => window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'")
+    shot = tmp_path / f"omg_regions_{ui.mode}_frontend-{frontend}.png"
     ui.screenshot(shot)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, SCREENSHOTS / shot.name)

@@ -499,3 +499,66 @@ def test_a_non_finite_strength_is_refused_when_queued(host):
     prompt["9"]["inputs"]["strength"] = float("nan")
     with pytest.raises(comfy_host.PromptFailed, match="prompt invalid.*strength is nan: give it a finite number"):
         host.run(prompt)
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def _sample_noise(model, positive, negative, noise, steps=1, cfg=7.0):
+    """Sampling from a given noise (so a crop of it can be sampled on its own)."""
+    import comfy.sample
+
+    latent = torch.zeros_like(noise)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent)
+
+
+def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15):
+    """One Euler step returns the blended prediction itself: inside the box it is the box's own pass (the
+    plain model with the region's prompt on the crop of the noise), outside the regional pass bit for bit."""
+    from omg_core.placement import PlacementSettings
+
+    model, clip, _ = sd15
+    neg = enc(clip, "")
+    layout = spec(Region("a blue square", box=(0.0, 0.25, 0.5, 0.75)), width=128, height=64)
+    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(3))
+    attention, positive = rp().regional_prompting(model, clip, layout, "a red circle")
+    placed, _ = rp().regional_prompting(
+        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0)
+    )
+    base = _sample_noise(attention, positive, neg, noise)
+    out = _sample_noise(placed, positive, neg, noise)
+    inside = (slice(None), slice(None), slice(2, 6), slice(0, 8))  # the box's cells at 8 x 16
+    outside = torch.ones(8, 16, dtype=torch.bool)
+    outside[2:6, 0:8] = False
+    assert torch.equal(out[..., outside], base[..., outside])
+    crop = _sample_noise(model, enc(clip, "a blue square"), neg, noise[inside])
+    torch.testing.assert_close(out[inside], crop, rtol=1e-3, atol=1e-3)
+    assert (out[inside] - base[inside]).abs().max() > 1e-2, "the box's own pass must matter"
+
+
+def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
+    from omg_core.placement import PlacementSettings
+
+    model, clip, _ = sd15
+    pos, neg = enc(clip, "a red circle"), enc(clip, "")
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    layout = spec(Region("a blue square", box=(0.0, 0.0, 0.5, 1.0)))
+    attention, positive = rp().regional_prompting(model, clip, layout, "a red circle")
+    off, _ = rp().regional_prompting(
+        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 0.0, 1.0)
+    )
+    reference = _sample_noise(attention, positive, neg, noise, steps=2)
+    assert torch.equal(_sample_noise(off, positive, neg, noise, steps=2), reference)
+    # Self-attention layout outside its steps: ComfyUI's own attention, bit for bit; inside them it acts.
+    idle, _ = rp().regional_prompting(
+        model, clip, layout, "a red circle", placement=PlacementSettings("self_attention", 1.0, 0.0)
+    )
+    assert torch.equal(_sample_noise(idle, positive, neg, noise, steps=2), reference)
+    active, _ = rp().regional_prompting(
+        model, clip, layout, "a red circle", placement=PlacementSettings("self_attention", 1.0, 1.0)
+    )
+    assert (_sample_noise(active, positive, neg, noise, steps=2) - reference).abs().max() > 1e-3
+    empty = ap().apply_regional_attention(
+        model, spec(), [], placement=PlacementSettings("latent_composition", 1.0, 1.0)
+    )
+    assert torch.equal(_sample_noise(empty, pos, neg, noise, steps=2), _sample_noise(model, pos, neg, noise, steps=2))

@@ -1,0 +1,87 @@
+"""Placement's pure parts: which steps it acts on, which cells a box's crop
+holds, and how crop predictions are blended into the full pass."""
+
+import pytest
+import torch
+
+from omg_core.placement import PLACEMENTS, PlacementSettings, active_steps, blend, crop_cells, region_alone
+from omg_core.regions import Region, RegionSpec
+
+
+def test_placement_acts_on_the_first_share_of_the_schedule_only():
+    sigmas = torch.linspace(14.6, 0.0, 11)  # 10 steps, the last entry 0 as ComfyUI's schedules end
+    active = [active_steps(sigmas, sigmas[i : i + 1], 0.3) for i in range(10)]
+    assert active == [True] * 3 + [False] * 7
+    assert not any(active_steps(sigmas, sigmas[i : i + 1], 0.0) for i in range(10))
+    assert all(active_steps(sigmas, sigmas[i : i + 1], 1.0) for i in range(10))
+    assert active_steps(sigmas, sigmas[:1], 0.01)  # a share below one step still takes the first step
+    assert not active_steps(None, sigmas[:1], 0.5)  # not inside a sampling run: nothing
+
+
+def test_a_crop_holds_the_cells_wholly_inside_its_box():
+    assert crop_cells((0.0, 0.2, 0.42, 0.8), 16, 16) == (4, 12, 0, 6)
+    assert crop_cells((0.5, 0.5, 0.55, 0.55), 16, 16) is None  # smaller than one cell
+
+
+def test_blend_replaces_inside_the_crop_by_strength_and_averages_overlaps():
+    full = torch.zeros(2, 4, 8, 8)
+    a, b = torch.ones(2, 4, 4, 4), 3 * torch.ones(2, 4, 4, 6)
+    out = blend(full, [((0, 4, 0, 4), a), ((0, 4, 2, 8), b)], strength=0.5)
+    assert torch.equal(out[..., 4:, :], full[..., 4:, :])  # outside every crop: the full pass
+    assert torch.allclose(out[..., :4, :2], torch.full((2, 4, 4, 2), 0.5))  # a alone, half strength
+    assert torch.allclose(out[..., :4, 2:4], torch.full((2, 4, 4, 2), 1.0))  # (1 + 3) / 2, half strength
+    assert torch.allclose(out[..., :4, 4:], torch.full((2, 4, 4, 4), 1.5))
+    assert torch.equal(blend(full, [((0, 4, 0, 4), a)], strength=0.0), full)
+    assert blend(full, [], 1.0) is full
+
+
+def test_a_region_alone_covers_its_whole_pass_with_its_own_prompts():
+    spec = RegionSpec(
+        128, 128, (Region("a", box=(0, 0, 0.4, 0.4)), Region("b", box=(0.5, 0.5, 1, 1), negative_prompt="x"))
+    )
+    alone = region_alone(spec, 1)
+    assert len(alone) == 1 and alone.regions[0].box == (0.0, 0.0, 1.0, 1.0)
+    assert (alone.regions[0].prompt, alone.regions[0].negative_prompt) == ("b", "x")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "magic"}, "placement must be one of"),
+        ({"strength": float("nan")}, "strength must be a number in 0..1"),
+        ({"steps": 1.5}, "steps must be a number in 0..1"),
+    ],
+)
+def test_placement_settings_refuse_what_they_cannot_do(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PlacementSettings(**kwargs)
+    assert "attention" in PLACEMENTS
+
+
+def test_layout_labels_follow_the_box_rule_and_the_first_region_wins():
+    from omg_core.placement import layout_labels
+
+    spec = RegionSpec(64, 64, (Region("a", box=(0, 0, 0.5, 0.5)), Region("b", box=(0.25, 0.25, 1, 1))))
+    labels = layout_labels(spec, 4, 4).reshape(4, 4)
+    assert labels.tolist() == [[0, 0, -1, -1], [0, 0, 1, 1], [-1, 1, 1, 1], [-1, 1, 1, 1]]
+
+
+def test_self_attention_layout_keeps_each_query_within_its_own_area():
+    """At strength 1 a query in a box attends only to keys in that box, a background query only to the
+    background: the output equals attention restricted to those keys; at strength s the others keep 1 - s."""
+    from omg_core.placement import LayoutBias, SelfAttentionLayout, layout_bias
+
+    spec = RegionSpec(64, 64, (Region("a", box=(0, 0, 0.5, 1)),))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 16, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    sigmas = torch.linspace(10, 0, 5)
+    options = {"n_heads": 2, "original_shape": [2, 4, 4, 4], "sample_sigmas": sigmas, "sigmas": sigmas[:1]}
+    layout = SelfAttentionLayout(LayoutBias(spec, 1.0), PlacementSettings("self_attention", 1.0, 0.5))
+    out = layout(q, k, v, options)
+    inside = torch.tensor([c % 4 < 2 for c in range(16)])
+    for rows, keys in ((inside, inside), (~inside, ~inside)):
+        qh, kh, vh = (t.reshape(2, -1, 2, 4).transpose(1, 2) for t in (q[:, rows], k[:, keys], v[:, keys]))
+        want = torch.softmax(qh @ kh.transpose(-1, -2) / 2.0, -1) @ vh
+        torch.testing.assert_close(out[:, rows], want.transpose(1, 2).reshape(2, -1, 8), rtol=1e-12, atol=1e-12)
+    half = layout_bias(torch.tensor([0, -1]), 0.75)
+    assert torch.allclose(half.exp(), torch.tensor([[1.0, 0.25], [0.25, 1.0]]))
