@@ -40,7 +40,7 @@ import torch
 from omg_core.regions import Region, RegionSpec, box_cells
 
 PLACEMENTS = ("attention", "self_attention", "latent_composition")
-DEFAULT_PLACEMENT = "attention"
+DEFAULT_PLACEMENT = "latent_composition"  # chosen by the composition benchmark (README, "The toy world")
 RECORDER_KEYS = ("omg_attention_recorder",)  # a region's own pass records nothing
 
 

@@ -229,11 +229,23 @@ def train_concept(
         )
 
 
+def trainable_clone(model):
+    """A clone to train on. From ComfyUI 0.12, NVIDIA GPUs sample with
+    ``ModelPatcherDynamic``, which streams weights in as layers run; training
+    needs them resident and differentiable, so a dynamic patcher gives a plain
+    delegate (as ComfyUI's own trainer does with ``force_deepcopy``). Elsewhere
+    (CPU, older hosts) a plain clone is what there is."""
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if callable(is_dynamic) and is_dynamic():
+        return model.clone(disable_dynamic=True)
+    return model.clone()
+
+
 def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_path, checkpoint_every, family):
     import comfy.model_management as mm
 
     started = time.perf_counter()
-    clone = model.clone()
+    clone = trainable_clone(model)
     make_trainable(clone)
     inner = clone.model
     layers = target_layers(inner.diffusion_model, config.target)
