@@ -129,11 +129,18 @@ def regional_prompting(
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(base_prompt))
     global_layers = layer_contexts(clip, base_prompt, layers)
     prompts = []
-    for region, c in zip(spec.regions, clips):
+    for i, (region, c) in enumerate(zip(spec.regions, clips)):
         negative = region.negative_prompt.strip()
-        prompts.append(
-            RegionPrompt(encode_text(c, region.prompt, layers), encode_text(c, negative, layers) if negative else None)
+        prompt = RegionPrompt(
+            encode_text(c, region.prompt, layers), encode_text(c, negative, layers) if negative else None
         )
+        for features, what in ((prompt.cond, "prompt"), (prompt.uncond, "negative prompt")):
+            if features is not None and not torch.isfinite(features).all():
+                raise ValueError(
+                    f"region {i + 1}'s {what} encodes to NaN or infinite features: the CLIP (or a concept's "
+                    "text-encoder part) is broken — load the checkpoint's own CLIP, or leave that concept out"
+                )
+        prompts.append(prompt)
     patched = apply_regional_attention(model, spec, prompts, mode, bindings, recorder, global_layers, placement)
     return patched, positive
 

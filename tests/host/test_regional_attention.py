@@ -562,3 +562,22 @@ def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
         model, spec(), [], placement=PlacementSettings("latent_composition", 1.0, 1.0)
     )
     assert torch.equal(_sample_noise(empty, pos, neg, noise, steps=2), _sample_noise(model, pos, neg, noise, steps=2))
+
+
+def test_regions_that_would_be_dropped_or_stretched_are_named_through_the_executor(host, caplog):
+    """A box below one latent cell, and a mask made for a 128 x 64 image on a 64 x 64 latent."""
+    import logging
+
+    prompt = workflow(CHECKPOINT, regional=True)
+    prompt["7"]["inputs"].update(
+        width=128,
+        boxes='{"version": 1, "boxes": [{"x0": 0.6, "y0": 0.6, "x1": 0.65, "y1": 0.65}]}',
+        region_prompts="a omgcat cat",
+        region_negative_prompts="",
+    )
+    prompt["11"]["inputs"]["width"] = 128  # the mask region's mask, of that image's aspect
+    with caplog.at_level(logging.WARNING):
+        host.run(prompt)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "region 1 ('a omgcat cat') covers no whole latent cell (8×8 px) of the 128×64 image" in messages
+    assert "the mask regions were made for a 128×64 image, but the latent is 8×8 cells" in messages
