@@ -6,7 +6,8 @@ class with random weights — the pack's tiny test UNet and an SD1.5-sized one
 CPU at 256×256 and 512×512 (one torch thread by default): plain, with the pack's regional attention for
 2/4/8 boxes, and with the attention-couple approach implemented here for
 comparison (every region attends with the full image's queries, repeated per
-region, and the outputs are summed under the masks). The ratio to plain is
+region, and the outputs are summed under the masks), and with each placement
+method (``omg_core.placement``) on a step where it acts. The ratio to plain is
 taken on the process's CPU time per step, which other processes on a shared
 machine disturb far less than wall-clock time (both are printed).
 Configurations are interleaved round by round and the median per
@@ -176,13 +177,21 @@ def run_steps(model, width: int, height: int, steps: int, seed: int = 0) -> tupl
     return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
-def bench(name: str, model, size: int, counts, rounds: int, steps: int, couple_counts, log) -> list[dict]:
+def bench(
+    name: str, model, size: int, counts, rounds: int, steps: int, couple_counts, log, placements=()
+) -> list[dict]:
+    """``placements``: placement methods timed on steps where they act (``steps`` share 1): a run
+    that places on a share s of its steps costs (1 - s) of a regional step plus s of a placed one."""
     from omg_core.attention_patch import apply_regional_attention
+    from omg_core.placement import PlacementSettings
 
     configs = [("plain", 0, model)]
     for n in counts:
         spec, prompts = region_setup(n, size, size)
         configs.append(("regional", n, apply_regional_attention(model, spec, prompts)))
+        for method in placements:
+            placed = apply_regional_attention(model, spec, prompts, placement=PlacementSettings(method, 1.0, 1.0))
+            configs.append((f"regional + {method}", n, placed))
     for n in couple_counts:
         spec, prompts = region_setup(n, size, size)
         configs.append(("attention couple", n, couple_model(model, spec, prompts)))
@@ -254,17 +263,19 @@ def main(argv=None) -> int:
     def couple(counts):
         return () if args.no_couple else counts
 
+    placed = ("self_attention", "latent_composition")
+
     rows = []
     started = time.perf_counter()
     tiny = build_sd15_inprocess(SD15_UNET)
     if args.quick:
-        rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log)
+        rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log, placed)
     else:
-        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log)
+        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)
         del tiny
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
         full = build_sd15_inprocess(SD15_FULL_UNET)
-        rows += bench("SD1.5-sized", full, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log)
+        rows += bench("SD1.5-sized", full, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)
         if not args.no_512:
             # one round at 512: a step costs ~4.5× one at 256
             rows += bench("SD1.5-sized", full, 512, (2, 8), args.rounds or 1, 1, couple((8,)), log)
