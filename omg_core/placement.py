@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import torch
 
+from omg_core.attention_recorder import RECORDER_OPTION
 from omg_core.regions import Region, RegionSpec, box_cells
 
 PLACEMENTS = ("attention", "self_attention", "latent_composition")
 DEFAULT_PLACEMENT = "latent_composition"  # chosen by the composition benchmark (README, "The toy world")
-RECORDER_KEYS = ("omg_attention_recorder",)  # a region's own pass records nothing
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class LatentComposition:
             if cells is None:
                 continue
             r0, r1, c0, c1 = cells
-            own = {k: v for k, v in options.items() if k not in RECORDER_KEYS}
+            own = {k: v for k, v in options.items() if k != RECORDER_OPTION}  # a box's own pass records nothing
             own[REGION_PASS_OPTION] = state
             # Spatial conditions (inpainting's c_concat) follow the crop; ControlNet residuals are full-size
             # and stay with the full pass.
