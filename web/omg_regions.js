@@ -19,9 +19,12 @@ function attachEditor(node) {
   if (!boxesWidget || widgets.some((w) => w.name === EDITOR_WIDGET)) return;
 
   // Hide the raw JSON field in both renderers; its value still serialises.
-  // Hidden widgets take no row in either renderer's layout (1.32 and later).
   boxesWidget.hidden = true;
   boxesWidget.options = { ...(boxesWidget.options ?? {}), hidden: true };
+  // Frontend 1.5x lays hidden widgets out in no row; 1.32's LiteGraph still leaves an empty row for
+  // them unless they measure -4 (its row gap). The override is deprecated in 1.5x but has no
+  // replacement in 1.32 (1.5x skips hidden widgets before measuring them).
+  boxesWidget.computeSize = () => [0, -4];
 
   const editor = new RegionCanvas(node, {
     commit: () => {
