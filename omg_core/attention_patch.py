@@ -466,10 +466,8 @@ def apply_regional_attention(
     clone = model.clone()
     if updates:
         clone.set_model_attn2_patch(_note_context)
-    existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
-        previous = existing.get(layer.key) or existing.get(layer.key[:2])
-        clone.set_model_attn2_replace(_LayerPatch(state, layer, previous), *layer.key)
+        clone.set_model_attn2_replace(_LayerPatch(state, layer, _existing_replace(clone, "attn2", layer)), *layer.key)
     if recorder is not None:
         from comfy.patcher_extension import CallbacksMP
 
@@ -480,12 +478,17 @@ def apply_regional_attention(
     if placement is not None and placement.method == "latent_composition" and placement.strength > 0:
         _add_latent_composition(clone, spec, prompts, layers, routed is not None, bindings, placement)
     if placement is not None and placement.method == "self_attention" and placement.strength > 0 and len(spec):
-        existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
         bias = LayoutBias(spec, placement.strength)
         for layer in layers:
-            previous = existing.get(layer.key) or existing.get(layer.key[:2])
+            previous = _existing_replace(clone, "attn1", layer)
             clone.set_model_attn1_replace(SelfAttentionLayout(bias, placement, previous), *layer.key)
     return clone
+
+
+def _existing_replace(clone, kind: str, layer: CrossAttentionLayer):
+    """The ``attn1``/``attn2`` replacement already set for this block (per transformer or per block), to chain to."""
+    existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    return existing.get(layer.key) or existing.get(layer.key[:2])
 
 
 def _add_latent_composition(clone, spec, prompts, layers, routed, bindings, placement) -> None:

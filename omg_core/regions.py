@@ -251,11 +251,9 @@ def regions_from_widgets(
     parsed = parse_boxes(boxes, width, height)
     prompts = _prompt_lines(region_prompts)
     negatives = _prompt_lines(region_negative_prompts)
-    if detected_boxes is not None and detected_box_list(detected_boxes):
-        # Lines after the drawn boxes' belong to the detected boxes.
-        found = detected_regions(
-            detected_boxes, width, height, prompts[len(parsed) :], negatives[len(parsed) :] if negatives else []
-        )
+    # Lines after the drawn boxes' belong to the detected boxes, if there are any.
+    found = detected_regions(detected_boxes, width, height, prompts[len(parsed) :], negatives[len(parsed) :])
+    if found:
         for i, p in enumerate(prompts[len(parsed) :]):
             if not p:
                 raise ValueError(
@@ -267,8 +265,6 @@ def regions_from_widgets(
                 f"{len(parsed)} drawn and {len(found)} detected boxes: at most {MAX_REGIONS} regions are supported — "
                 "lower the detector's max_detections or raise its threshold"
             )
-    else:
-        found = ()
     if len(prompts) != len(parsed):
         raise ValueError(
             f"{len(parsed)} box(es) but {len(prompts)} prompt line(s): write one line per box in region_prompts "

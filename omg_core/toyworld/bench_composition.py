@@ -373,13 +373,6 @@ class Bench:
             return fixed_layouts([n])
         return [lay for lay in st.layouts if len(lay) == n]
 
-    def detect(self, images: torch.Tensor, boxes: Sequence[BoxN]) -> list[list[str]]:
-        """Per image, the detected label in each box."""
-        n, k = images.shape[0], len(boxes)
-        probs = self.detector.probabilities(images.repeat_interleave(k, 0), torch.tensor(list(boxes) * n))
-        idx = probs.argmax(-1).reshape(n, k)
-        return [[CLASSES[i] for i in row] for row in idx.tolist()]
-
     # ---------------------------------------------------------------- measurements
     def scenes(self, n: int) -> list[tuple[tuple[BoxN, ...], tuple[str, ...], int]]:
         """(boxes, concepts, images) of each batch for ``n`` concepts: on fixed layouts up to

@@ -93,33 +93,15 @@ def locate(images: torch.Tensor, threshold: float = 0.18, pad: float = 0.15) -> 
     """The normalised box [B, 4] around the largest non-background blob of each image.
 
     Background = the median colour of the image border; a pixel is foreground
-    when a channel differs from it by more than ``threshold``. Used where a
-    prompt does not say where its object goes (a plain base prompt)."""
-    from scipy import ndimage
+    when a channel differs from it by more than ``threshold`` (the blobs of
+    ``outcomes.foreground_blobs``). Used where a prompt does not say where its
+    object goes (a plain base prompt)."""
+    from omg_core.toyworld.outcomes import foreground_blobs
 
     boxes = []
     for img in images:
-        border = torch.cat([img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]], dim=1)
-        bg = border.median(dim=1).values
-        mask = ((img - bg[:, None, None]).abs().amax(0) > threshold).numpy()
-        labels, n = ndimage.label(mask)
-        h, w = mask.shape
-        if n == 0:
-            boxes.append([0.0, 0.0, 1.0, 1.0])
-            continue
-        sizes = ndimage.sum(mask, labels, range(1, n + 1))
-        ys, xs = (labels == int(sizes.argmax()) + 1).nonzero()
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        side = max(x1 - x0, y1 - y0) * (1 + 2 * pad)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        boxes.append(
-            [
-                max(0.0, (cx - side / 2) / w),
-                max(0.0, (cy - side / 2) / h),
-                min(1.0, (cx + side / 2) / w),
-                min(1.0, (cy + side / 2) / h),
-            ]
-        )
+        blobs = foreground_blobs(img, threshold, pad, min_area=0.0)
+        boxes.append(list(max(blobs, key=lambda b: int(b[1].sum()))[0]) if blobs else [0.0, 0.0, 1.0, 1.0])
     return torch.tensor(boxes, dtype=torch.float32)
 
 

@@ -43,8 +43,11 @@ class Blob:
         return float(self.mask[r0:r1, c0:c1].sum()) / max(1, int(self.mask.sum()))
 
 
-def foreground_blobs(image: torch.Tensor, threshold: float = 0.18, pad: float = 0.15) -> list[tuple[BoxN, np.ndarray]]:
-    """(padded box, mask) of each foreground component of one image [3, H, W] above ``MIN_BLOB``."""
+def foreground_blobs(
+    image: torch.Tensor, threshold: float = 0.18, pad: float = 0.15, min_area: float = MIN_BLOB
+) -> list[tuple[BoxN, np.ndarray]]:
+    """(padded box, mask) of each foreground component of one image [3, H, W]
+    of at least ``min_area`` of the image."""
     from scipy import ndimage
 
     border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
@@ -55,7 +58,7 @@ def foreground_blobs(image: torch.Tensor, threshold: float = 0.18, pad: float = 
     out = []
     for k in range(1, n + 1):
         component = labels == k
-        if component.sum() < MIN_BLOB * h * w:
+        if component.sum() < min_area * h * w:
             continue
         ys, xs = component.nonzero()
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
