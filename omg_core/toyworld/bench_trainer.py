@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    comfy_host.boot()
+    comfy_host.boot(load_nodes=False)
     from omg_core.toyworld import concepts as C
     from omg_core.toyworld.detector import load_detector
     from omg_core.toyworld.generate import load_toyworld
