@@ -3,7 +3,7 @@
 import folder_paths
 from comfy_api.latest import io
 
-from omg_core.binding import append_concept, load_concept
+from omg_core.bridge.binding import append_concept, load_concept
 
 from .types import Concepts
 from .validation import numbers_in_range

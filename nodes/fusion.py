@@ -7,12 +7,8 @@ import os
 
 from comfy_api.latest import io
 
-from omg_core.fusion import FUSION_METHODS, FusionResult, fuse
-from omg_core.lora_export import export_lora
-from omg_core.orthogonality import cross_talk_report, orthogonalize
-from omg_core.patching import apply_updates, mark_fused
-from omg_core.report_images import crosstalk_image
-from omg_core.text_features import (
+from omg_core.bridge.patching import apply_updates, mark_fused
+from omg_core.bridge.text_features import (
     DEFAULT_TEMPLATES,
     REGULARIZATION_PROMPTS,
     clip_with_trigger_embeddings,
@@ -21,6 +17,10 @@ from omg_core.text_features import (
     parse_templates,
     regularization_features,
 )
+from omg_core.formats.lora_export import export_lora
+from omg_core.ops.fusion import FUSION_METHODS, FusionResult, fuse
+from omg_core.ops.orthogonality import cross_talk_report, orthogonalize
+from omg_core.render.heatmaps import crosstalk_image
 
 from .types import Concepts
 from .validation import numbers_in_range

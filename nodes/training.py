@@ -6,7 +6,7 @@ import os
 
 from comfy_api.latest import io, ui
 
-from omg_core.train import TrainConfig, check_output_path, train_to_file
+from omg_core.pipelines.train import TrainConfig, check_output_path, train_to_file
 
 from .validation import checked, numbers_in_range
 

@@ -1,6 +1,16 @@
-"""OMG core: concepts, orthogonality, fusion and regional attention in plain torch.
+"""OMG core, in layers; each imports only the layers above it in this list.
 
-Nothing here imports ComfyUI at module import time, except the bridge modules
-that say so in their docstring (``binding``, ``patching``, ``attention_patch``,
-``trigger_tokens``); everything else is testable in milliseconds.
+- ``model``: the Concept and its update kinds, the shared orthogonal basis;
+- ``families``: one object per model family (SD1.5, SDXL) holding its facts;
+- ``formats``: adapter-file readers (one list) and writers;
+- ``ops``: orthogonality, fusion, regions, attention math, placement settings;
+- ``render``: every picture the nodes show;
+- ``bridge``: everything that touches ComfyUI objects (binding, weight
+  patches, attention patches, trigger tokens, the training model);
+- ``pipelines``: what each node does, called alike by nodes, benchmarks and tests;
+- ``toyworld``: the demo world (scenes, model, concepts, detector).
+
+Only ``bridge``, ``pipelines`` and ``toyworld`` may import ComfyUI, and only
+inside functions: ``tests/unit/test_layers.py`` imports every other layer with
+``comfy`` blocked, and every module with ComfyUI absent.
 """

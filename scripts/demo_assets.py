@@ -33,8 +33,8 @@ def ensure_demo_models(models_dir: Path, checkpoint: Path | None = None, concept
     import comfy_host
 
     comfy_host.import_comfy()  # the checkpoint builders use ComfyUI's own model classes
-    from omg_core.tiny_checkpoints import tiny_checkpoint
     from omg_core.toyworld.concepts import install_models
+    from omg_core.toyworld.tiny_checkpoints import tiny_checkpoint
 
     models_dir = Path(models_dir)
     (models_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from omg_core.train import TrainConfig, check_output_path, train_to_file
+    from omg_core.pipelines.train import TrainConfig, check_output_path, train_to_file
 
     config = TrainConfig(
         trigger=args.trigger,

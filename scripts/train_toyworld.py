@@ -75,12 +75,12 @@ def main(argv=None) -> int:
     comfy_host.boot(load_nodes=False)
     import comfy.sd
 
-    from omg_core.tiny_checkpoints import SD15_UNET, build_unet_state
     from omg_core.toyworld import base_model as B
     from omg_core.toyworld import checkpoint as CK
     from omg_core.toyworld import detector as D
     from omg_core.toyworld import generate as G
     from omg_core.toyworld import scenes as S
+    from omg_core.toyworld.tiny_checkpoints import SD15_UNET, build_unet_state
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

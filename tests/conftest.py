@@ -2,7 +2,7 @@
 
 ``tests/unit`` needs none of this (pure ``omg_core``); the other layers boot
 ComfyUI once per session. Models are generated on first use and cached under
-``.cache/`` (see ``omg_core.tiny_checkpoints``).
+``.cache/`` (see ``omg_core.toyworld.tiny_checkpoints``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def sd15_checkpoint() -> Path:
     import comfy_host
-    from omg_core.tiny_checkpoints import tiny_checkpoint
+    from omg_core.toyworld.tiny_checkpoints import tiny_checkpoint
 
     comfy_host.import_comfy()  # the builder uses ComfyUI's own model classes
 
@@ -103,7 +103,7 @@ def sd15(comfy, sd15_checkpoint):
 def sdxl_inprocess(comfy):
     """A small model of ComfyUI's real SDXL class (6.7 M parameters), wrapped in
     a ModelPatcher; SDXL-family checkpoints of detectable size are ~3 GB."""
-    from omg_core.tiny_checkpoints import build_sdxl_inprocess
+    from omg_core.toyworld.tiny_checkpoints import build_sdxl_inprocess
 
     return build_sdxl_inprocess(seed=0)
 

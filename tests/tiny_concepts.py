@@ -21,8 +21,8 @@ def tiny_concept_file(name: str) -> str:
 
 
 def build_tiny_concept(name: str, trigger: str, slot: int, unet_shapes: dict[str, tuple[int, int]]):
-    from omg_core.basis import basis_rows
-    from omg_core.concept import Concept, LowRankUpdate, TokenEmbedding
+    from omg_core.model.basis import basis_rows
+    from omg_core.model.concept import Concept, LowRankUpdate, TokenEmbedding
 
     gen = torch.Generator().manual_seed(1000 + slot)
     unet = {}

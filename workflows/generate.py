@@ -274,7 +274,7 @@ def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int, plain:
 
 def layout_boxes(n: int) -> str:
     """The composition benchmark's layout for n concepts, as the OMG Regions widget stores boxes."""
-    from omg_core.toyworld.bench_composition import LAYOUTS
+    from benchmarks.composition import LAYOUTS
 
     boxes = [dict(zip(("x0", "y0", "x1", "y1"), box)) for box in LAYOUTS[n]]
     return json.dumps({"version": 1, "boxes": boxes})
@@ -551,7 +551,7 @@ def detected_boxes_regions(g: Graph) -> None:
     )
     ckpt, fuse, apply, latent = regional_workflow(g, ["house", "berry"], SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
     regions = next(n for n in g.nodes if n.type == "OMGRegions")
-    from omg_core.toyworld.bench_composition import LAYOUTS
+    from benchmarks.composition import LAYOUTS
 
     drawn, (x0, y0, x1, y1) = LAYOUTS[2]
     box = dict(x=round(x0 * SIZE), y=round(y0 * SIZE), width=round((x1 - x0) * SIZE), height=round((y1 - y0) * SIZE))

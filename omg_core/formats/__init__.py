@@ -1,7 +1,7 @@
 """Adapter file formats: one reader per format, detection from keys, the native writer.
 
 Everything here is ComfyUI-free: readers translate a format's own names into
-the names ComfyUI's LoRA key maps know, and ``omg_core.binding`` binds them
+the names ComfyUI's LoRA key maps know, and ``omg_core.bridge.binding`` binds them
 to a model.
 """
 

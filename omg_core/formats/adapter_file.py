@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omg_core.concept import TokenEmbedding
+from omg_core.model.concept import TokenEmbedding
 
 # Cross-attention context width (the input of attn2.to_k / to_v) per family.
 CONTEXT_DIMS = {"sd15": 768, "sdxl": 2048}

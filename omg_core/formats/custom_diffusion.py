@@ -34,11 +34,11 @@ from collections.abc import Mapping
 
 import torch
 
-from omg_core.concept import TokenEmbedding
 from omg_core.formats.adapter_file import AdapterFile, concept_name_from_path
 from omg_core.formats.edlora import encoder_for_dim
 from omg_core.formats.lora import check_ranks
 from omg_core.formats.names import FULL_WEIGHT_SUFFIX, comfy_module_name
+from omg_core.model.concept import TokenEmbedding
 
 DIFFUSERS_WEIGHTS_STEM = "pytorch_custom_diffusion_weights"
 _CD_MARK = "_custom_diffusion"

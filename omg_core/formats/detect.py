@@ -15,7 +15,6 @@ from dataclasses import replace
 
 import torch
 
-from omg_core.concept import TokenEmbedding
 from omg_core.formats.adapter_file import (
     AdapterFile,
     check_file_readable,
@@ -42,6 +41,7 @@ from omg_core.formats.lora import (
 )
 from omg_core.formats.names import unsupported_kind
 from omg_core.formats.native import is_native, read_native, split_embeddings
+from omg_core.model.concept import TokenEmbedding
 
 
 def is_safetensors(path: str | os.PathLike) -> bool:

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 
 import torch
 
-from omg_core.concept import TokenEmbedding
 from omg_core.formats.adapter_file import ENCODER_DIMS, AdapterFile, concept_name_from_path
 from omg_core.formats.lora import normalise_lora_tensors
+from omg_core.model.concept import TokenEmbedding
 
 
 def is_edlora(obj: object) -> bool:

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from omg_core.concept import Concept, DenseUpdate, KroneckerUpdate, LayerUpdate, LowRankUpdate, TokenEmbedding
 from omg_core.formats.adapter_file import AdapterFile, concept_name_from_path, load_safetensors
+from omg_core.model.concept import Concept, DenseUpdate, KroneckerUpdate, LayerUpdate, LowRankUpdate, TokenEmbedding
 
 NATIVE_VERSION = "1"
 UNET_PREFIX = "diffusion_model."

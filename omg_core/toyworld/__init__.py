@@ -11,7 +11,10 @@ builds a small world where it can be said:
 - ``base_model``: trains a TAESD autoencoder and the SD1.5-layout UNet on the
   scenes and assembles a checkpoint that ComfyUI's own loader accepts;
 - ``concepts``: the personal concepts, trained with the pack's trainer;
-- ``bench_composition``: the multi-concept composition benchmark.
+- ``layouts``, ``outcomes``: box layouts and what the composition benchmark
+  (``benchmarks.composition``) reads in each box;
+- ``tiny_checkpoints``: the SD1.5/SDXL-layout checkpoints the toy model is
+  built on (also the small random models of the tests).
 
 ``scenes`` and ``detector`` are pure numpy/torch; the other modules import
 ComfyUI lazily inside functions.

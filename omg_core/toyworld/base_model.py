@@ -1,7 +1,7 @@
 """Training the toy world's base model: a TAESD autoencoder, then the UNet.
 
 The checkpoint must be one that ComfyUI's ``CheckpointLoaderSimple`` takes
-for SD1.5 (``omg_core.tiny_checkpoints.SD15_UNET``: one resolution level, so
+for SD1.5 (``omg_core.toyworld.tiny_checkpoints.SD15_UNET``: one resolution level, so
 a 64×64 image is an 8×8 latent everywhere in the network), with the full
 CLIP-L text encoder and a TAESD VAE inside. The text encoder is the seeded
 random one ``tiny_checkpoints`` builds, frozen: no pretrained weights exist

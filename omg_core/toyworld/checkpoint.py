@@ -8,7 +8,7 @@ What is shipped and what is regenerated, and why:
   minutes of training; a newcomer should not wait for them, and together
   they stay under the ~40 MB a repository can carry per version;
 * the CLIP-L text encoder (123 M parameters, ≈250 MB) was never trained: it
-  is the seeded random encoder of ``omg_core.tiny_checkpoints``, so it is
+  is the seeded random encoder of ``omg_core.toyworld.tiny_checkpoints``, so it is
   rebuilt from its seed. Because the UNet learnt to read *that* encoder's
   output, a rebuilt encoder is checked against reference outputs on probe
   token sequences recorded at training time (``manifest.json``); if a
@@ -101,7 +101,7 @@ def load_weights(path: Path = WEIGHTS) -> tuple[dict[str, torch.Tensor], dict[st
 
 # ------------------------------------------------------------------ the text encoder
 def build_text_encoder(seed: int) -> dict[str, torch.Tensor]:
-    from omg_core.tiny_checkpoints import build_clip_state
+    from omg_core.toyworld.tiny_checkpoints import build_clip_state
 
     return build_clip_state("l", seed)
 
@@ -188,7 +188,7 @@ def read_manifest() -> dict:
 
 def toyworld_checkpoint(directory: Path | None = None) -> Path:
     """Path of the assembled toy-world SD1.5 checkpoint, written on first use."""
-    from omg_core.tiny_checkpoints import default_cache_dir
+    from omg_core.toyworld.tiny_checkpoints import default_cache_dir
 
     manifest = read_manifest()
     digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:12] if WEIGHTS.exists() else "missing"

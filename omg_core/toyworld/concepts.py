@@ -1,7 +1,7 @@
 """The toy world's personal concepts: trained with the pack's trainer, written in every format.
 
 Each personal object (``scenes.PERSONAL_OBJECTS``) is trained from ten seeded
-photos with ``omg_core.train.train_concept`` twice, with the same settings:
+photos with ``omg_core.pipelines.train.train_concept`` twice, with the same settings:
 
 * *orthogonal*: k/v-only LoRA whose down-projections are rows of the shared
   basis, concept i in slot i — what the pack's fusion and routing are for;
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from omg_core.concept import Concept, LowRankUpdate
+from omg_core.model.concept import Concept, LowRankUpdate
 from omg_core.toyworld import scenes as S
 from omg_core.toyworld.checkpoint import ASSET_DIR
 
@@ -84,7 +84,7 @@ def training_images(name: str, n: int = 10, seed: int = 0) -> torch.Tensor:
 
 
 def train_config(name: str, slot: int, orthogonal: bool, settings: ConceptTrainSettings):
-    from omg_core.train import TrainConfig
+    from omg_core.pipelines.train import TrainConfig
 
     return TrainConfig(
         trigger=S.PERSONAL_OBJECTS[name],
@@ -115,7 +115,7 @@ def train_personal_concepts(
 ) -> dict[str, dict]:
     """Train every personal concept orthogonally (slot i) and plainly; write native files."""
     from omg_core.formats.native import save_native
-    from omg_core.train import train_concept
+    from omg_core.pipelines.train import train_concept
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def trained_stats(path: Path) -> dict | None:
 
 def load_bench_concepts(model, clip, directory: Path = CONCEPT_DIR) -> tuple[list[Concept], list[Concept]]:
     """(orthogonal, plain) concepts of every personal object, bound to ``model`` by ``load_concept``."""
-    from omg_core.binding import load_concept
+    from omg_core.bridge.binding import load_concept
 
     orthogonal, plain = [], []
     for name, trigger in S.PERSONAL_OBJECTS.items():
@@ -315,7 +315,7 @@ def external_trigger(fmt: str) -> str:
 
 def write_external_formats(model, clip, directory: Path = CONCEPT_DIR) -> dict[str, Path]:
     """Every external format, from the orthogonal concepts' native files."""
-    from omg_core.binding import load_concept
+    from omg_core.bridge.binding import load_concept
 
     directory = Path(directory)
     out = {}

@@ -218,7 +218,7 @@ def test_numeric_fields_snap_toggle_and_copy_paste_keep_boxes(litegraph_ui):
     got = ed.boxes()[0]
     assert {k: got.get(k) for k in ("ratio", "weight", "feather")} == {"ratio": 0.6, "weight": None, "feather": 4}
     assert param("ratio").input_value() == "0.6"
-    from omg_core.regions import regions_from_widgets
+    from omg_core.ops.regions import regions_from_widgets
 
     (region, _) = regions_from_widgets(256, 128, ui.widget_value(rid, "boxes"), "a cat\na dog").regions
     assert (region.ratio, region.weight, region.feather) == (0.6, 1.0, 4 / 128)
@@ -271,7 +271,7 @@ BOX_SAMPLES = [
 
 
 def test_editor_accepts_exactly_the_box_values_the_backend_accepts(litegraph_ui):
-    from omg_core.regions import parse_boxes
+    from omg_core.ops.regions import parse_boxes
 
     verdicts = litegraph_ui.js(
         "async (samples) => { const m = await import('/extensions/omg/omg_regions/boxes.js');"

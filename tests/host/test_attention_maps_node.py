@@ -71,7 +71,7 @@ def demo_prompt(record: bool = True, seed: int = 0) -> dict:
 
 
 def recorder_of(host):
-    from omg_core.attention_maps import model_recorder
+    from omg_core.pipelines.attention_maps import model_recorder
 
     return model_recorder(host.node_outputs("6")[0][0])
 
@@ -114,7 +114,7 @@ def test_a_clone_of_the_recording_model_records_on_its_own(host, sd15):
     recorder = recorder_of(host)
     before = {k: v.clone() for k, v in recorder._sums.items()}
     clone = model.clone()
-    from omg_core.attention_maps import model_recorder
+    from omg_core.pipelines.attention_maps import model_recorder
 
     own = model_recorder(clone)
     assert own is not recorder and own.empty and own.tokens == recorder.tokens
@@ -143,15 +143,15 @@ def test_recording_without_concept_tokens_says_to_connect_the_concepts(host):
 
 
 def test_attention_maps_before_any_sampling_say_to_sample_first(sd15):
-    from omg_core.attention_maps import attention_maps_image, concept_recorder
-    from omg_core.regional_prompting import regional_prompting
-    from omg_core.regions import regions_from_widgets
+    from omg_core.ops.regions import regions_from_widgets
+    from omg_core.pipelines.attention_maps import attention_maps_image, concept_recorder
+    from omg_core.pipelines.regional import regional_prompting
 
     model, clip, _ = sd15
     spec = regions_from_widgets(SIZE, SIZE, BOXES, "a red circle\na blue square", "", None)
     with pytest.raises(ValueError, match="no concept token in the region prompts \\(no concepts\\)"):
         concept_recorder(model, clip, spec)
-    from omg_core.attention_recorder import AttentionRecorder
+    from omg_core.bridge.attention_recorder import AttentionRecorder
 
     patched, _ = regional_prompting(model, clip, spec, "x", recorder=AttentionRecorder({"red": (0, [2])}, spec))
     with pytest.raises(ValueError, match="no attention maps were recorded: sample with this MODEL"):

@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 from sampling import encode
 from sampling import sample as _full_sample
 
-from omg_core.binding import append_concept, base_weight, load_concept
-from omg_core.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
+from omg_core.bridge.binding import append_concept, base_weight, load_concept
+from omg_core.bridge.patching import apply_updates
 from omg_core.formats.native import save_native
-from omg_core.patching import apply_updates
-from omg_core.tiny_checkpoints import sdxl_conditioning
+from omg_core.model.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
+from omg_core.toyworld.tiny_checkpoints import sdxl_conditioning
 
 K0 = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
 

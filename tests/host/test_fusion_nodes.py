@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from omg_core.basis import basis_rows
-from omg_core.concept import Concept, DenseUpdate, LowRankUpdate
-from omg_core.fusion import FUSION_METHODS, patch_dense
-from omg_core.text_features import encode_prompts
+from omg_core.bridge.text_features import encode_prompts
+from omg_core.model.basis import basis_rows
+from omg_core.model.concept import Concept, DenseUpdate, LowRankUpdate
+from omg_core.ops.fusion import FUSION_METHODS, patch_dense
 
 TE_KEY = "clip_l.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight"
 
@@ -278,7 +278,7 @@ def test_three_fusion_methods_run_in_a_comfyui_workflow(sd15, sd15_checkpoint, h
 
 
 def test_fused_clip_knows_the_trigger_embeddings_and_features_use_them(comfy, sd15, captured):
-    from omg_core.concept import TokenEmbedding
+    from omg_core.model.concept import TokenEmbedding
 
     model, clip, _ = sd15
     cat, dog, _ = _concepts(model)

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = [*REPO.glob("omg_core/**/*.py"), *REPO.glob("nodes/*.py"), *REPO.glob("scripts/*.py")]
+SOURCES = [
+    *REPO.glob("omg_core/**/*.py"),
+    *REPO.glob("nodes/*.py"),
+    *REPO.glob("scripts/*.py"),
+    *REPO.glob("benchmarks/*.py"),
+]
 HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "execution", "server")
 
 

@@ -9,9 +9,9 @@ import torch
 from format_fixtures import SD15_TE, write_edlora
 from sampling import encode, sample
 
-from omg_core.concept import TokenEmbedding
-from omg_core.regions import Region, RegionSpec
-from omg_core.tiny_checkpoints import SD15_FULL_UNET, build_sd15_inprocess
+from omg_core.model.concept import TokenEmbedding
+from omg_core.ops.regions import Region, RegionSpec
+from omg_core.toyworld.tiny_checkpoints import SD15_FULL_UNET, build_sd15_inprocess
 
 PROMPT = "a photo of <cat1> <cat2> on a sofa"
 
@@ -29,8 +29,8 @@ def sd15_16(comfy):
 def edlora(tmp_path_factory, sd15_16, sd15):
     """A Mix-of-Show ED-LoRA file (embeddings + text-encoder LoRA), its
     concept, and the CLIP the concept's prompts are encoded with."""
-    from omg_core.binding import load_concept
-    from omg_core.regional_prompting import concept_clip
+    from omg_core.bridge.binding import load_concept
+    from omg_core.pipelines.regional import concept_clip
 
     fx = write_edlora(tmp_path_factory.mktemp("edlora") / "cat.pth", layers=(), te_layers=SD15_TE, with_proj_in=False)
     concept = load_concept(fx.path, sd15_16, sd15[1])
@@ -38,7 +38,7 @@ def edlora(tmp_path_factory, sd15_16, sd15):
 
 
 def layers_of(model):
-    from omg_core.attention_patch import cross_attention_layers
+    from omg_core.bridge.attention_patch import cross_attention_layers
 
     return cross_attention_layers(model)
 
@@ -47,7 +47,7 @@ def layers_of(model):
 def direct(edlora):
     """The prompt encoded with each layer's vectors as ordinary tokens, one
     encoding per layer — the computation the layer-wise path must match."""
-    from omg_core.trigger_tokens import clip_with_embeddings
+    from omg_core.bridge.trigger_tokens import clip_with_embeddings
 
     fx, _, clip_with_te = edlora
     out = []
@@ -95,7 +95,7 @@ def count_encodes(clip, monkeypatch):
 
 
 def test_each_layer_attends_to_the_global_prompt_encoded_with_its_own_layer_embedding(sd15_16, edlora, direct):
-    from omg_core.regional_prompting import regional_prompting
+    from omg_core.pipelines.regional import regional_prompting
 
     fx, concept, clip = edlora
     assert {e.token: e.vectors.shape for e in concept.embeddings} == {t: (16, 1, 768) for t in fx.embeddings}
@@ -119,8 +119,8 @@ def test_each_layer_attends_to_the_global_prompt_encoded_with_its_own_layer_embe
 
 
 def test_a_region_prompt_gets_per_layer_keys(sd15_16, edlora, direct):
-    from omg_core.attention_patch import COND
-    from omg_core.regional_prompting import regional_prompting
+    from omg_core.bridge.attention_patch import COND
+    from omg_core.pipelines.regional import regional_prompting
 
     fx, _, clip = edlora
     spec = RegionSpec(64, 64, (Region(PROMPT, box=(0.0, 0.0, 0.5, 1.0)),))
@@ -137,7 +137,7 @@ def test_a_region_prompt_gets_per_layer_keys(sd15_16, edlora, direct):
 
 
 def test_sixteen_distinct_layer_embeddings_are_encoded_in_one_clip_call(sd15_16, edlora, monkeypatch):
-    from omg_core.layerwise import layer_contexts
+    from omg_core.ops.layerwise import layer_contexts
 
     _, _, clip = edlora
     calls = count_encodes(clip, monkeypatch)
@@ -146,8 +146,8 @@ def test_sixteen_distinct_layer_embeddings_are_encoded_in_one_clip_call(sd15_16,
 
 
 def test_layers_with_equal_embeddings_share_one_encoding(sd15_16, sd15, monkeypatch):
-    from omg_core.layerwise import layer_contexts
-    from omg_core.trigger_tokens import clip_with_embeddings
+    from omg_core.bridge.trigger_tokens import clip_with_embeddings
+    from omg_core.ops.layerwise import layer_contexts
 
     two = torch.randn(2, 1, 768, generator=torch.Generator().manual_seed(1)) * 0.02
     vectors = two.repeat_interleave(8, dim=0)  # layers 0–7 one embedding, 8–15 another
@@ -161,8 +161,8 @@ def test_layers_with_equal_embeddings_share_one_encoding(sd15_16, sd15, monkeypa
 
 
 def test_plain_prompts_cost_nothing_extra_and_sample_bit_identically(sd15, edlora, monkeypatch):
-    from omg_core.layerwise import layer_contexts
-    from omg_core.regional_prompting import regional_prompting
+    from omg_core.ops.layerwise import layer_contexts
+    from omg_core.pipelines.regional import regional_prompting
 
     model, _, _ = sd15
     _, _, clip = edlora  # a CLIP that knows layer-wise tokens, given a prompt without them
@@ -178,8 +178,8 @@ def test_plain_prompts_cost_nothing_extra_and_sample_bit_identically(sd15, edlor
 
 
 def test_a_model_with_fewer_layers_uses_the_documented_section_rule(sd15, edlora, direct):
-    from omg_core.layerwise import layer_map
-    from omg_core.regional_prompting import regional_prompting
+    from omg_core.ops.layerwise import layer_map
+    from omg_core.pipelines.regional import regional_prompting
 
     fx, _, clip = edlora
     model = sd15[0]
@@ -198,15 +198,15 @@ def test_a_model_with_fewer_layers_uses_the_documented_section_rule(sd15, edlora
 
 
 def test_layer_wise_tokens_on_sdxl_are_refused_with_a_clear_message(sdxl_inprocess):
-    from omg_core.layerwise import layer_map
+    from omg_core.ops.layerwise import layer_map
 
     with pytest.raises(ValueError, match="have no SDXL form — use them with an SD1.5 checkpoint"):
         layer_map(layers_of(sdxl_inprocess), 16, 768)
 
 
 def test_tokens_with_different_layer_counts_in_one_prompt_are_refused(sd15, sd15_16):
-    from omg_core.layerwise import layer_contexts
-    from omg_core.trigger_tokens import clip_with_embeddings
+    from omg_core.bridge.trigger_tokens import clip_with_embeddings
+    from omg_core.ops.layerwise import layer_contexts
 
     clip = clip_with_embeddings(
         sd15[1],
@@ -220,7 +220,7 @@ def test_tokens_with_different_layer_counts_in_one_prompt_are_refused(sd15, sd15
 
 
 def test_per_layer_global_features_of_the_wrong_layer_count_are_refused(sd15):
-    from omg_core.attention_patch import apply_regional_attention
+    from omg_core.bridge.attention_patch import apply_regional_attention
 
     with pytest.raises(ValueError, match="this model has 4 cross-attention layers: encode them for this model"):
         apply_regional_attention(sd15[0], RegionSpec(64, 64, ()), [], global_layers=torch.zeros(16, 77, 768))

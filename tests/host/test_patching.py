@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from omg_core.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
-from omg_core.patching import apply_updates
+from omg_core.bridge.patching import apply_updates
+from omg_core.model.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
 
 K_KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 V_KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"

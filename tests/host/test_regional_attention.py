@@ -5,8 +5,8 @@ import pytest
 import torch
 from sampling import encode, sample
 
-from omg_core.concept import Concept, LowRankUpdate
-from omg_core.regions import Region, RegionSpec
+from omg_core.model.concept import Concept, LowRankUpdate
+from omg_core.ops.regions import Region, RegionSpec
 
 CHECKPOINT = "omg-tiny-sd15.safetensors"  # the name the host fixtures give the tiny checkpoint
 LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.375, 0.0, 1.0, 1.0)
@@ -18,19 +18,19 @@ def spec(*regions, width=64, height=64):
 
 
 def ap():
-    from omg_core import attention_patch
+    from omg_core.bridge import attention_patch
 
     return attention_patch
 
 
 def rp():
-    from omg_core import regional_prompting
+    from omg_core.pipelines import regional as regional_prompting
 
     return regional_prompting
 
 
 def sdxl_cond(batch, seed, width, height):
-    from omg_core.tiny_checkpoints import sdxl_conditioning
+    from omg_core.toyworld.tiny_checkpoints import sdxl_conditioning
 
     return sdxl_conditioning(batch, seed, width, height)
 
@@ -202,7 +202,7 @@ def test_sdxl_blocks_with_two_transformers_patch_each_and_full_region_equals_pla
     import comfy.model_patcher
     import comfy.supported_models
 
-    from omg_core.tiny_checkpoints import SDXL_SMALL_UNET, init_weights_
+    from omg_core.toyworld.tiny_checkpoints import SDXL_SMALL_UNET, init_weights_
 
     config = dict(
         SDXL_SMALL_UNET, transformer_depth=[0, 2], transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=2
@@ -263,7 +263,7 @@ def test_routed_region_kv_is_its_own_concept_only_by_construction(sd15):
 def test_a_routed_region_over_the_whole_image_samples_like_the_concept_loaded_alone(sd15):
     """Both halves of classifier-free guidance see the region's concept: the
     negative through W + ΔW as well, as when the concept is loaded by itself."""
-    from omg_core.patching import apply_updates
+    from omg_core.bridge.patching import apply_updates
 
     model, clip, _ = sd15
     cat = kv_concept(model, "cat", "omgcat", 5)
@@ -283,7 +283,7 @@ def test_a_routed_region_over_the_whole_image_samples_like_the_concept_loaded_al
 def test_region_kv_follow_weight_patches_added_after_the_regional_patch(sd15):
     """The patch keeps region k/v between steps; a LoRA put on the regional
     model afterwards (a clone sharing the patch) must still be seen."""
-    from omg_core.patching import apply_updates
+    from omg_core.bridge.patching import apply_updates
 
     model, clip, _ = sd15
     layout = spec(Region("a blue square", box=LEFT))
@@ -326,7 +326,7 @@ def test_unknown_mode_is_refused(sd15):
 
 
 def test_recorded_attention_map_of_a_concept_token_stays_in_its_box(sd15):
-    from omg_core.region_images import render_attention_maps
+    from omg_core.render.region_images import render_attention_maps
 
     model, clip, _ = sd15
     layout = spec(Region("a omgcat cat", box=LEFT), Region("a omgdog dog", box=(0.75, 0.0, 1.0, 1.0)))
@@ -334,7 +334,7 @@ def test_recorded_attention_map_of_a_concept_token_stays_in_its_box(sd15):
     tokens = rp().concept_tokens(model, clip, layout, "fused", [cat, dog])
     assert tokens["omgcat"][0] == 0 and tokens["omgcat"][1][0] == 2 and tokens["omgdog"][0] == 1  # after <start> "a"
     tokens["circle"] = (None, rp().token_positions(clip, "a red circle", "circle"))
-    from omg_core.attention_recorder import AttentionRecorder
+    from omg_core.bridge.attention_recorder import AttentionRecorder
 
     recorder = AttentionRecorder(tokens)
     patched, positive = rp().regional_prompting(model, clip, layout, "a red circle", recorder=recorder)
@@ -515,7 +515,7 @@ def _sample_noise(model, positive, negative, noise, steps=1, cfg=7.0):
 def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15):
     """One Euler step returns the blended prediction itself: inside the box it is the box's own pass (the
     plain model with the region's prompt on the crop of the noise), outside the regional pass bit for bit."""
-    from omg_core.placement import PlacementSettings
+    from omg_core.bridge.placement import PlacementSettings
 
     model, clip, _ = sd15
     neg = enc(clip, "")
@@ -537,7 +537,7 @@ def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15
 
 
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
-    from omg_core.placement import PlacementSettings
+    from omg_core.bridge.placement import PlacementSettings
 
     model, clip, _ = sd15
     pos, neg = enc(clip, "a red circle"), enc(clip, "")

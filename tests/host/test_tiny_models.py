@@ -22,7 +22,7 @@ def test_tiny_sd15_checkpoint_is_detected_as_sd15_with_finite_outputs(sd15):
 def test_inprocess_sdxl_samples_finite_latents(sdxl_inprocess):
     import comfy.model_base
 
-    from omg_core.tiny_checkpoints import sdxl_conditioning
+    from omg_core.toyworld.tiny_checkpoints import sdxl_conditioning
 
     assert isinstance(sdxl_inprocess.model, comfy.model_base.SDXL)
     latent = sample(sdxl_inprocess, sdxl_conditioning(seed=1), sdxl_conditioning(seed=2))
@@ -36,7 +36,7 @@ def test_generated_sdxl_checkpoint_is_detected_as_sdxl_family(comfy):
     import comfy.sd
     import comfy.supported_models
 
-    from omg_core.tiny_checkpoints import tiny_checkpoint
+    from omg_core.toyworld.tiny_checkpoints import tiny_checkpoint
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoint("sdxl")))
     assert isinstance(model.model.model_config, comfy.supported_models.SDXL)

@@ -61,8 +61,8 @@ def test_prompts_produce_the_objects_they_name(toyworld, detector):
 
 
 def test_a_personal_concept_is_drawn_only_when_loaded(toyworld, detector, bench_concepts):
-    from omg_core.patching import apply_updates
-    from omg_core.text_features import clip_with_trigger_embeddings
+    from omg_core.bridge.patching import apply_updates
+    from omg_core.bridge.text_features import clip_with_trigger_embeddings
     from omg_core.toyworld.detector import CLASSES
     from omg_core.toyworld.generate import SamplerSettings, generate, locate
 
@@ -79,7 +79,7 @@ def test_a_personal_concept_is_drawn_only_when_loaded(toyworld, detector, bench_
 
 @pytest.mark.parametrize("fmt", ["kohya", "peft", "edlora", "custom_diffusion", "lokr"])
 def test_external_format_files_hold_the_same_concept(toyworld, bench_concepts, fmt):
-    from omg_core.binding import load_concept
+    from omg_core.bridge.binding import load_concept
     from omg_core.toyworld.concepts import EXTERNAL_FORMATS, external_file, external_trigger
 
     model, clip, _ = toyworld
@@ -98,7 +98,7 @@ def test_external_format_files_hold_the_same_concept(toyworld, bench_concepts, f
 
 
 def test_composition_benchmark_runs_every_method_end_to_end(toyworld, detector, bench_concepts, tmp_path):
-    from omg_core.toyworld.bench_composition import METHOD_NAMES, QUICK, Bench, format_table, grid_image
+    from benchmarks.composition import METHOD_NAMES, QUICK, Bench, format_table, grid_image
 
     model, clip, vae = toyworld
     result = Bench(model, clip, vae, detector, *bench_concepts, QUICK).run()
@@ -121,7 +121,7 @@ def test_composition_benchmark_runs_on_a_users_layouts_file(toyworld, tmp_path):
 
     import torch
 
-    from omg_core.toyworld import bench_composition
+    from benchmarks import composition as bench_composition
 
     layouts = [
         [[0.0, 0.1, 0.45, 0.6], [0.55, 0.4, 1.0, 0.9]],

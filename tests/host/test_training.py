@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from omg_core.basis import basis_rows
-from omg_core.train import TrainConfig, train_concept, train_to_file
+from omg_core.model.basis import basis_rows
+from omg_core.pipelines.train import TrainConfig, train_concept, train_to_file
 
 STEPS = 6
 LR = 3e-2
@@ -178,8 +178,8 @@ def test_saved_concept_loads_with_stock_lora_loader_and_the_packs_loader(sd15, t
     import comfy.sd
     import comfy.utils
 
-    from omg_core.binding import load_concept
-    from omg_core.train import save_concept
+    from omg_core.bridge.binding import load_concept
+    from omg_core.pipelines.train import save_concept
 
     model, clip, _ = sd15
     result = trained["basis", "a"]
@@ -269,7 +269,7 @@ class _SdxlShapedClip:
         return {"g": [[(sum(map(ord, text)) % 10000, 1.0)]], "l": [[(sum(map(ord, text)) % 10000, 1.0)]]}
 
     def encode_from_tokens(self, tokens, return_pooled=False):
-        from omg_core.tiny_checkpoints import sdxl_conditioning
+        from omg_core.toyworld.tiny_checkpoints import sdxl_conditioning
 
         ((cond, extra),) = sdxl_conditioning(seed=tokens["g"][0][0][0])
         return cond, extra["pooled_output"]
@@ -293,7 +293,7 @@ def test_sdxl_concept_trains_through_sdxl_conditioning(sdxl_inprocess):
 
 
 def test_parameter_report_uses_the_real_sd15_and_sdxl_unets(comfy):
-    from omg_core.train_report import format_parameter_report, parameter_report
+    from omg_core.bridge.train_report import format_parameter_report, parameter_report
 
     sd15, sdxl = parameter_report(rank=4)
     assert (sd15.blocks, sdxl.blocks) == (16, 70)

@@ -4,8 +4,8 @@ on a CLIP clone whose tokenizer is a copy: the input CLIP never changes."""
 import pytest
 import torch
 
-from omg_core.concept import TokenEmbedding
-from omg_core.trigger_tokens import clip_with_embeddings, mark_triggers, tokenizer_with_embeddings
+from omg_core.bridge.trigger_tokens import clip_with_embeddings, mark_triggers, tokenizer_with_embeddings
+from omg_core.model.concept import TokenEmbedding
 
 VEC = torch.randn(2, 768, generator=torch.Generator().manual_seed(0))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from omg_core.basis import basis_rows
-from omg_core.concept import Concept, LowRankUpdate
+from omg_core.model.basis import basis_rows
+from omg_core.model.concept import Concept, LowRankUpdate
 
 K = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 V = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"

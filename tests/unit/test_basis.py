@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omg_core.basis import basis_rows, max_slots
+from omg_core.model.basis import basis_rows, max_slots
 
 
 @settings(max_examples=30, deadline=None)

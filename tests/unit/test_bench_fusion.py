@@ -1,6 +1,6 @@
 """The fusion benchmark runs end to end (on tiny shapes) and prints its tables and targets."""
 
-from omg_core.bench_fusion import main, make_concepts, sd15_shape, sdxl_shape
+from benchmarks.fusion import main, make_concepts, sd15_shape, sdxl_shape
 
 
 def test_benchmark_shapes_are_the_real_cross_attention_layers():

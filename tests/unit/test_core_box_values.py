@@ -4,7 +4,7 @@ real core nodes)."""
 
 import pytest
 
-from omg_core.regions import detected_box_list, pixel_boxes, regions_from_widgets
+from omg_core.ops.regions import detected_box_list, pixel_boxes, regions_from_widgets
 
 EMPTY = '{"version": 1, "boxes": []}'
 ONE = '{"version": 1, "boxes": [{"x0": 0.0, "y0": 0.0, "x1": 0.5, "y1": 0.5}]}'

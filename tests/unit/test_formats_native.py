@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from omg_core.concept import Concept, DenseUpdate, KroneckerUpdate, LowRankUpdate, TokenEmbedding
 from omg_core.formats.native import read_native, read_native_concept, save_native
+from omg_core.model.concept import Concept, DenseUpdate, KroneckerUpdate, LowRankUpdate, TokenEmbedding
 
 K = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 V = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"

@@ -8,8 +8,8 @@ from fusion_helpers import K, V, concept, lowrank, random_concepts, slot_concept
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omg_core.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate, TokenEmbedding
-from omg_core.fusion import dedupe_features, fuse, patch_dense, update_dense
+from omg_core.model.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate, TokenEmbedding
+from omg_core.ops.fusion import dedupe_features, fuse, patch_dense, update_dense
 
 FAST = settings(max_examples=25, deadline=None)
 

@@ -8,8 +8,8 @@ from fusion_helpers import K, V, concept, lowrank, random_concepts, slot_concept
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omg_core.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
-from omg_core.orthogonality import (
+from omg_core.model.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
+from omg_core.ops.orthogonality import (
     InputSubspace,
     cross_talk_report,
     input_subspace,

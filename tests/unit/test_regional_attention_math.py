@@ -7,13 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omg_core.attention import (
+from omg_core.ops.attention import (
     regional_attention,
     regional_attention_reference,
     sdpa_attention,
     token_attention,
 )
-from omg_core.regions import Region, RegionSpec, coverages, mix_shares, rasterize
+from omg_core.ops.regions import Region, RegionSpec, coverages, mix_shares, rasterize
 
 HEADS, DIM = 2, 8
 
@@ -173,7 +173,7 @@ def test_token_attention_is_the_softmax_probability_of_those_tokens():
 def test_attention_grid_comes_from_the_activations_or_the_latent_halved_with_ceil():
     import pytest
 
-    from omg_core.attention_patch import attention_grid
+    from omg_core.bridge.attention_patch import attention_grid
 
     assert attention_grid({"activations_shape": [2, 320, 5, 8]}, 40) == (5, 8)
     latent = {"original_shape": [2, 4, 9, 15]}

@@ -10,9 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omg_core.concept import Concept
-from omg_core.region_images import colour, render_attention_maps, render_preview
-from omg_core.regions import (
+from omg_core.model.concept import Concept
+from omg_core.ops.regions import (
     MAX_REGIONS,
     PALETTE,
     Region,
@@ -28,6 +27,7 @@ from omg_core.regions import (
     rasterize,
     regions_from_widgets,
 )
+from omg_core.render.region_images import colour, render_attention_maps, render_preview
 
 
 def boxes_json(*boxes, **extra):
@@ -272,7 +272,7 @@ def test_attention_map_picture_has_one_panel_per_token():
 
 
 def test_mixing_numbers_that_would_not_stay_finite_in_float32_are_refused():
-    from omg_core.regions import MAX_FEATHER, MAX_WEIGHT
+    from omg_core.ops.regions import MAX_FEATHER, MAX_WEIGHT
 
     for extra, message in (
         ({"weight": 1e39}, f"weight 1e\\+39 is above {MAX_WEIGHT:g}"),
@@ -294,7 +294,7 @@ def test_deeply_nested_boxes_json_is_a_clear_error():
 
 
 def test_warnings_name_regions_without_a_concept_and_boxes_below_one_latent_cell():
-    from omg_core.regions import region_warnings
+    from omg_core.ops.regions import region_warnings
 
     cat = Concept(name="cat", triggers=("omgcat",), family="sd15", source_format="native")
     spec = regions_from_widgets(512, 512, boxes_json((0, 0, 0.5, 1), (0.6, 0.6, 0.61, 0.61)), "omgcat cat\na bowl")
@@ -317,7 +317,7 @@ def test_preview_notes_are_written_under_the_picture():
 
 
 def test_a_mask_region_on_a_latent_of_another_aspect_is_named_stretched():
-    from omg_core.regions import stretch_warning
+    from omg_core.ops.regions import stretch_warning
 
     lone = mask_region(torch.ones(64, 64), "p")  # a lone mask region: the image is the mask's 64×64
     assert stretch_warning(lone, 8, 8) is None and stretch_warning(lone, 4, 4) is None

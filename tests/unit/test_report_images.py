@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from omg_core.orthogonality import CrossTalkReport
-from omg_core.report_images import colour, crosstalk_image, heatmap
+from omg_core.ops.orthogonality import CrossTalkReport
+from omg_core.render.heatmaps import colour, crosstalk_image, heatmap
 
 
 def _report(n=3):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.composition import assignments, caption_order, wilson
 from omg_core.toyworld import checkpoint as CK
-from omg_core.toyworld.bench_composition import assignments, caption_order, wilson
 
 
 def test_int8_storage_round_trip_is_within_half_a_step_per_channel():
@@ -56,8 +56,8 @@ def test_caption_order_is_left_to_right_then_top_to_bottom():
 
 
 def test_a_trained_concept_file_carries_its_training_record_so_a_run_resumes_past_it(tmp_path):
-    from omg_core.concept import Concept, LowRankUpdate
     from omg_core.formats.native import save_native
+    from omg_core.model.concept import Concept, LowRankUpdate
     from omg_core.toyworld.concepts import trained_stats
 
     concept = Concept(

@@ -11,7 +11,7 @@
 export const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
 export const LATENT_GRID = 8;
 export const EMPTY_DOCUMENT = '{"version": 1, "boxes": []}';
-// The backend's limit on regions per node (omg_core.regions.MAX_REGIONS).
+// The backend's limit on regions per node (omg_core.ops.regions.MAX_REGIONS).
 export const MAX_BOXES = 16;
 // Coordinates this close outside 0..1 are on the border (as the backend reads them).
 const EDGE_TOLERANCE = 1e-6;
@@ -72,11 +72,11 @@ export function parseBoxes(text) {
   return { ok: true, doc };
 }
 
-// The backend's bounds (omg_core.regions.MAX_WEIGHT, MAX_FEATHER): shares stay finite in float32.
+// The backend's bounds (omg_core.ops.regions.MAX_WEIGHT, MAX_FEATHER): shares stay finite in float32.
 export const MAX_WEIGHT = 10;
 export const MAX_FEATHER = 1024;
 
-// Keys a box may carry besides its corners (omg_core.regions.OPTIONAL_BOX_KEYS).
+// Keys a box may carry besides its corners (omg_core.ops.regions.OPTIONAL_BOX_KEYS).
 export const OPTIONAL_KEYS = ["weight", "ratio", "feather", "label", "concept"];
 
 function optionalKeyProblem(b) {
@@ -97,7 +97,7 @@ function optionalKeyProblem(b) {
 }
 
 // The per-box mixing numbers the editor shows for the selected box, with the
-// backend's defaults (omg_core.regions.Region) and ranges. A value equal to the
+// backend's defaults (omg_core.ops.regions.Region) and ranges. A value equal to the
 // default is not stored, so untouched boxes stay {x0, y0, x1, y1}.
 export const BOX_PARAMS = [
   { key: "ratio", def: 1, min: 0, max: 1, step: 0.05,
