@@ -299,18 +299,19 @@ class Bench:
         if method.fusion is None or not names:
             return self.model
         if key not in self._weights:
-            from omg_core.bridge.patching import apply_updates
-            from omg_core.bridge.text_features import concept_text_features
-            from omg_core.ops.fusion import fuse
+            from omg_core.pipelines.fuse import fuse_concepts, fused_model
 
             concepts = [self.sets[method.concepts][n] for n in sorted(names)]
-            features = None
-            if method.fusion != "additive":
-                features, _ = concept_text_features(self.clips[method.concepts], concepts, ("{trigger}", "a {trigger}"))
-            result = fuse(
-                concepts, method.fusion, features=features, regularization=self.settings.regularization, measure=False
+            result = fuse_concepts(
+                concepts,
+                method.fusion,
+                self.settings.regularization,
+                self.clips[method.concepts],
+                templates=("{trigger}", "a {trigger}"),
+                regularization_prompts=(),
+                measure=False,
             )
-            self._weights[key] = apply_updates(self.model, None, result.unet, {})[0]
+            self._weights[key] = fused_model(self.model, None, concepts, result)[0]
         return self._weights[key]
 
     def render(
@@ -331,7 +332,7 @@ class Bench:
         negative = self.encode(kind, "")
         if method.conditioning in ("fused", "routed"):
             from omg_core.bridge.attention_patch import RegionPrompt, apply_regional_attention
-            from omg_core.bridge.placement import PlacementSettings
+            from omg_core.ops.placement import PlacementSettings
             from omg_core.ops.regions import Region, RegionSpec
 
             regions = tuple(Region(self.prompt(lab, kind), box=tuple(b)) for lab, b in zip(labels, boxes))

@@ -183,7 +183,7 @@ def bench(
     """``placements``: placement methods timed on steps where they act (``steps`` share 1): a run
     that places on a share s of its steps costs (1 - s) of a regional step plus s of a placed one."""
     from omg_core.bridge.attention_patch import apply_regional_attention
-    from omg_core.bridge.placement import PlacementSettings
+    from omg_core.ops.placement import PlacementSettings
 
     configs = [("plain", 0, model)]
     for n in counts:

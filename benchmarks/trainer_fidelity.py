@@ -77,6 +77,7 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log) -> d
 
     seconds = {}
     settings = C.ConceptTrainSettings()
+    Path(directory).mkdir(parents=True, exist_ok=True)
     for slot, name in enumerate(S.PERSONAL_OBJECTS):
         path = C.orthogonal_file(name, directory)
         stats = C.trained_stats(path)

@@ -3,7 +3,7 @@
 import folder_paths
 from comfy_api.latest import io
 
-from omg_core.bridge.binding import append_concept, load_concept
+from omg_core.pipelines.load import add_concept
 
 from .types import Concepts
 from .validation import numbers_in_range
@@ -89,8 +89,7 @@ class OMGLoadConcept(io.ComfyNode):
                 "(put new files into models/loras and refresh)."
             )
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        concept = load_concept(path, model, clip, triggers=trigger or None, strength=strength)
-        return io.NodeOutput(append_concept(concepts, concept))
+        return io.NodeOutput(add_concept(concepts, path, model, clip, triggers=trigger or None, strength=strength))
 
 
 NODES: list = [OMGLoadConcept]

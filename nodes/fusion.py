@@ -7,19 +7,17 @@ import os
 
 from comfy_api.latest import io
 
-from omg_core.bridge.patching import apply_updates, mark_fused
 from omg_core.bridge.text_features import (
     DEFAULT_TEMPLATES,
     REGULARIZATION_PROMPTS,
-    clip_with_trigger_embeddings,
     concept_text_features,
     parse_prompts,
     parse_templates,
-    regularization_features,
 )
 from omg_core.formats.lora_export import export_lora
-from omg_core.ops.fusion import FUSION_METHODS, FusionResult, fuse
+from omg_core.ops.fusion import FUSION_METHODS, FusionResult
 from omg_core.ops.orthogonality import cross_talk_report, orthogonalize
+from omg_core.pipelines.fuse import concept_list, fuse_concepts, fused_model
 from omg_core.render.heatmaps import crosstalk_image
 
 from .types import Concepts
@@ -72,31 +70,12 @@ def _progress(total_hint: int = 1):
     return lambda done, total: bar.update_absolute(done, total)
 
 
-def _concept_list(concepts) -> list:
-    if not concepts:
-        raise ValueError("no concepts are connected; chain one or more OMG Load Concept nodes into 'concepts'")
-    return list(concepts)
-
-
 def run_fusion(
     concepts, method: str, regularization: float, clip, templates: str, reg_prompts: str | None = None
 ) -> FusionResult:
-    """Text features from the CLIP (unless additive), then the fusion itself."""
-    concepts = _concept_list(concepts)
-    features = labels = reg = None
-    if method != "additive" and clip is not None:
-        features, labels = concept_text_features(clip, concepts, parse_templates(templates), progress=_progress())
-        prompts = REGULARIZATION_PROMPTS if reg_prompts is None else parse_prompts(reg_prompts)
-        if prompts:
-            reg = regularization_features(clip, prompts)
-    return fuse(
-        concepts,
-        method,
-        features=features,
-        regularization=regularization,
-        reg_features=reg,
-        feature_labels=labels,
-        progress=_progress(),
+    prompts = REGULARIZATION_PROMPTS if reg_prompts is None else parse_prompts(reg_prompts)
+    return fuse_concepts(
+        concepts, method, regularization, clip, parse_templates(templates), prompts, progress=_progress
     )
 
 
@@ -140,9 +119,7 @@ class OMGFuseConcepts(io.ComfyNode):
         cls, model, clip, concepts, method, regularization, feature_prompts="", regularization_prompts=None
     ) -> io.NodeOutput:
         result = run_fusion(concepts, method, regularization, clip, feature_prompts, regularization_prompts)
-        clip_triggers = clip_with_trigger_embeddings(clip, _concept_list(concepts))
-        new_model, new_clip = apply_updates(model, clip_triggers, result.unet, result.text_encoder)
-        mark_fused(new_model, [c.name for c in _concept_list(concepts)])
+        new_model, new_clip = fused_model(model, clip, concepts, result)
         return io.NodeOutput(new_model, new_clip, result.summary())
 
 
@@ -173,7 +150,7 @@ class OMGOrthogonalityReport(io.ComfyNode):
 
     @classmethod
     def execute(cls, concepts, clip=None, feature_prompts="") -> io.NodeOutput:
-        concepts = _concept_list(concepts)
+        concepts = concept_list(concepts)
         features = None
         if clip is not None:
             features, _ = concept_text_features(clip, concepts, parse_templates(feature_prompts), progress=_progress())
@@ -208,7 +185,7 @@ class OMGOrthogonalize(io.ComfyNode):
 
     @classmethod
     def execute(cls, concepts, method) -> io.NodeOutput:
-        result = orthogonalize(_concept_list(concepts), method=method, progress=_progress())
+        result = orthogonalize(concept_list(concepts), method=method, progress=_progress())
         return io.NodeOutput(result.concepts, result.table())
 
 
@@ -270,7 +247,7 @@ class OMGSaveFusedLoRA(io.ComfyNode):
         import comfy.utils
         import folder_paths
 
-        concepts = _concept_list(concepts)
+        concepts = concept_list(concepts)
         result = run_fusion(concepts, method, regularization, clip, feature_prompts, regularization_prompts)
         export = export_lora(result, rank, {"omg_family": concepts[0].family})
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(

@@ -4,7 +4,7 @@ that keeps it there."""
 from comfy_api.latest import io, ui
 
 from omg_core.bridge.attention_patch import MODES
-from omg_core.bridge.placement import DEFAULT_PLACEMENT, PLACEMENTS, PlacementSettings
+from omg_core.ops.placement import DEFAULT_PLACEMENT, PLACEMENTS, PlacementSettings
 from omg_core.ops.regions import MAX_FEATHER, MAX_WEIGHT, mask_region, parse_boxes, pixel_boxes, regions_from_widgets
 from omg_core.pipelines.attention_maps import attention_maps_image, concept_recorder
 from omg_core.pipelines.regional import regional_prompting, regional_warnings

@@ -44,20 +44,15 @@ from functools import lru_cache, partial
 import torch
 
 from omg_core.bridge.attention_recorder import RECORDER_OPTION, AttentionRecorder, own_recorder
-from omg_core.bridge.placement import (
-    LatentComposition,
-    LayoutBias,
-    PlacementSettings,
-    SelfAttentionLayout,
-    region_alone,
-)
-from omg_core.model.concept import Concept, LowRankUpdate, is_cross_attention_kv
-from omg_core.ops.attention import mix_region, region_attention, token_attention
+from omg_core.bridge.placement import LatentComposition, LayoutBias, SelfAttentionLayout
+from omg_core.families import UNET_SECTIONS
+from omg_core.model.concept import Concept, is_cross_attention_kv
+from omg_core.ops.attention import regional_attention, token_attention
 from omg_core.ops.layerwise import GlobalLayerContexts, select_layer
+from omg_core.ops.placement import PlacementSettings, region_alone
 from omg_core.ops.regions import RegionCells, RegionSpec, rasterize, stretch_warning
 
 MODES = ("fused", "routed")
-_BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
 CONTEXT_OPTION = "omg_attn2_context"  # where the context noter leaves a block's text features
 REGION_PASS_OPTION = "omg_region_pass"  # transformer_options key: the RegionalAttention of a region's own pass
@@ -96,31 +91,28 @@ def cross_attention_layers(model) -> list[CrossAttentionLayer]:
     """Every cross-attention block of a ModelPatcher's UNet, in execution order."""
     from comfy.ldm.modules.attention import BasicTransformerBlock
 
+    sections = {s.module: (order, s) for order, s in enumerate(UNET_SECTIONS)}
     unet = model.model.diffusion_model
     found = []
     for name, module in unet.named_modules():
         if not isinstance(module, BasicTransformerBlock) or module.attn2 is None:
             continue
         parts = name.split(".")
-        if len(parts) < 3 or parts[-2] != "transformer_blocks":
+        if len(parts) < 3 or parts[-2] != "transformer_blocks" or parts[0] not in sections:
             continue
-        if parts[0] == "input_blocks":
-            key = ("input", int(parts[1]), int(parts[-1]))
-        elif parts[0] == "middle_block":
-            key = ("middle", 0, int(parts[-1]))
-        elif parts[0] == "output_blocks":
-            key = ("output", int(parts[1]), int(parts[-1]))
-        else:
-            continue
+        section_order, section = sections[parts[0]]
+        key = (section.name, int(parts[1]) if section.numbered else 0, int(parts[-1]))
         attn2 = module.attn2
-        found.append((key, f"{name}.attn2", attn2, attn2.heads, attn2.to_k.in_features))
+        found.append((section_order, key, f"{name}.attn2", attn2, attn2.heads, attn2.to_k.in_features))
     if not found:
         raise ValueError(
             "regional attention needs a UNet with cross-attention blocks (SD1.x, SD2.x, SDXL); "
             f"this model ({type(model.model).__name__}) has none"
         )
-    found.sort(key=lambda f: (_BLOCK_ORDER[f[0][0]], f[0][1], f[0][2]))
-    return [CrossAttentionLayer(key, path, mod, i, heads, dim) for i, (key, path, mod, heads, dim) in enumerate(found)]
+    found.sort(key=lambda f: (f[0], f[1][1], f[1][2]))
+    return [
+        CrossAttentionLayer(key, path, mod, i, heads, dim) for i, (_, key, path, mod, heads, dim) in enumerate(found)
+    ]
 
 
 def attention_grid(extra_options: dict, n_queries: int) -> tuple[int, int]:
@@ -236,10 +228,11 @@ class RegionalAttention:
     def _delta(self, key: tuple, update, ctx: torch.Tensor) -> torch.Tensor:
         """``ΔW ctx`` on ctx's device, the factors moved there once (low-rank kept low-rank)."""
         x = ctx.float()
-        if isinstance(update, LowRankUpdate):
-            down = self._on(("down", *key), update.down_matrix().float(), x.device, torch.float32)
-            up = self._on(("up", *key), update.up_matrix().float(), x.device, torch.float32)
-            return update.scale * ((x @ down.T) @ up.T)
+        low = update.as_low_rank()
+        if low is not None:
+            down = self._on(("down", *key), low.down_matrix().float(), x.device, torch.float32)
+            up = self._on(("up", *key), low.up_matrix().float(), x.device, torch.float32)
+            return low.scale * ((x @ down.T) @ up.T)
         return x @ self._on(("dense", *key), update.dense(), x.device, torch.float32).T
 
     @staticmethod
@@ -276,26 +269,28 @@ class RegionalAttention:
             if kind not in (COND, UNCOND) or (kind == UNCOND and not self.has_negatives):
                 continue
             rows = slice(chunk * rows_per_chunk, (chunk + 1) * rows_per_chunk)
-            if out is None:
-                out = g.clone()
-            q_rows, g_rows, out_rows = q[rows], g[rows], out[rows]
+            q_rows = q[rows]
             record = recorder is not None and kind == COND
             if record:
                 for label, pos in recorder.wants(None):
                     recorder.add(label, h, w, token_attention(q_rows, k[rows], heads, pos))
-            for cell in cells:
+
+            def kv_of(cell, kind=kind, rows=rows):
                 kv = self.region_kv(layer, cell.index, kind, q.device, k.dtype, version)
                 if kv is None and kind == UNCOND:
                     kv = self.negative_kv(layer, cell.index, k[rows], v[rows], context_rows(extra_options, rows, q))
-                if kv is None:
-                    continue
-                r = region_attention(q_rows, h, w, cell, kv[0], kv[1], heads, attention)
-                mix_region(out_rows, g_rows, h, w, cell, r)
-                if record:
-                    for label, pos in recorder.wants(cell.index):
-                        q_box = q_rows.view(q_rows.shape[0], h, w, -1)[:, slice(*cell.rows), slice(*cell.cols)]
-                        probs = token_attention(q_box.reshape(q_rows.shape[0], -1, q.shape[-1]), kv[0], heads, pos)
-                        recorder.add(label, h, w, probs, cell)
+                return kv
+
+            def note(cell, kv, q_rows=q_rows):
+                for label, pos in recorder.wants(cell.index):
+                    q_box = q_rows.view(q_rows.shape[0], h, w, -1)[:, slice(*cell.rows), slice(*cell.cols)]
+                    probs = token_attention(q_box.reshape(q_rows.shape[0], -1, q.shape[-1]), kv[0], heads, pos)
+                    recorder.add(label, h, w, probs, cell)
+
+            mixed = regional_attention(q_rows, g[rows], h, w, cells, kv_of, heads, attention, note if record else None)
+            if out is None:
+                out = g.clone()
+            out[rows] = mixed
         return g if out is None else out
 
 

@@ -18,13 +18,12 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from omg_core.bridge.family import family_of_model, model_context_dim
+from omg_core.families import TEXT_ENCODERS, context_label, family_named
 from omg_core.formats import AdapterFile, read_adapter
-from omg_core.formats.adapter_file import CONTEXT_DIMS, ENCODER_DIMS
 from omg_core.formats.names import FULL_WEIGHT_SUFFIX, LOKR_SUFFIXES
 from omg_core.model.concept import Concept, DenseUpdate, KroneckerUpdate, LayerUpdate, LowRankUpdate, TokenEmbedding
 
-FAMILY_LABELS = {"sd15": "SD1.5", "sdxl": "SDXL"}
-_CONTEXT_LABELS = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
 _ADAPTER_SUFFIXES = (
     ".lora_up.weight",
     ".lora_down.weight",
@@ -38,16 +37,12 @@ _ADAPTER_SUFFIXES = (
 
 
 def _label(context_dim: int | None) -> str:
-    return _CONTEXT_LABELS.get(context_dim, "an unknown model") if context_dim else "an unknown model"
+    return context_label(context_dim) or "an unknown model"
 
 
-def model_context_dim(model) -> int | None:
-    return model.model.model_config.unet_config.get("context_dim")
-
-
-def model_family(model) -> str:
-    dim = model_context_dim(model)
-    return next((f for f, d in CONTEXT_DIMS.items() if d == dim), "unknown")
+def _family_label(name: str) -> str:
+    family = family_named(name)
+    return family.label if family is not None else name
 
 
 def check_family(adapter: AdapterFile, model, clip=None) -> None:
@@ -67,20 +62,17 @@ def check_family(adapter: AdapterFile, model, clip=None) -> None:
             f"{name}: this adapter targets {target} (cross-attention context {adapter.context_dim}) but the model is "
             f"{_label(model_dim)} ({model_dim}): {advice}, or pick a concept made for this model."
         )
-    if (
-        adapter.family in FAMILY_LABELS
-        and model_family(model) in FAMILY_LABELS
-        and adapter.family != model_family(model)
-    ):
+    adapter_family, family = family_named(adapter.family), family_of_model(model)
+    if adapter_family is not None and family is not None and adapter_family is not family:
         raise ValueError(
-            f"{name}: this adapter is for {FAMILY_LABELS[adapter.family]} but the model is "
-            f"{FAMILY_LABELS[model_family(model)]}: load it with an {FAMILY_LABELS[adapter.family]} checkpoint."
+            f"{name}: this adapter is for {adapter_family.label} but the model is "
+            f"{family.label}: load it with an {adapter_family.label} checkpoint."
         )
     if clip is not None:
         for emb in adapter.embeddings:
             encoder = getattr(clip.cond_stage_model, emb.encoder, None)
             if encoder is None:
-                present = [e for e in ENCODER_DIMS if getattr(clip.cond_stage_model, e, None) is not None]
+                present = [e.name for e in TEXT_ENCODERS if getattr(clip.cond_stage_model, e.name, None) is not None]
                 raise ValueError(
                     f"{name}: the trigger embedding {emb.token!r} is for text encoder {emb.encoder} "
                     f"({emb.dim}-wide), which this CLIP does not have (it has {', '.join(present) or 'none'}): "
@@ -243,6 +235,7 @@ def load_concept(
     adapter = read_adapter(path)
     file_name = os.path.basename(str(path))
     check_family(adapter, model, clip)
+    family = family_of_model(model)  # None: a model of no family here, bound as "unknown"
 
     key_map = _key_map(model, clip)
     bases = _layer_bases(adapter.tensors)
@@ -259,7 +252,7 @@ def load_concept(
         else:
             what = f"{len(unmatched)} of its {len(bases)} layers match no layer"
         raise ValueError(
-            f"{file_name}: {what} of this {FAMILY_LABELS.get(model_family(model), '')} model "
+            f"{file_name}: {what} of this {family.label + ' ' if family is not None else ''}model "
             f"({shown}): the adapter was made for a different model architecture; load it with the checkpoint "
             "it was trained on."
         )
@@ -291,7 +284,7 @@ def load_concept(
     return Concept(
         name=name or adapter.name,
         triggers=tuple(concept_triggers),
-        family=model_family(model),
+        family=family.name if family is not None else "unknown",
         source_format=adapter.format,
         unet=unet,
         text_encoder=text,
@@ -316,8 +309,8 @@ def append_concept(concepts: Sequence[Concept] | None, concept: Concept) -> list
             )
         if other.family != concept.family and "unknown" not in (other.family, concept.family):
             raise ValueError(
-                f"concept {concept.name!r} is bound to {FAMILY_LABELS.get(concept.family, concept.family)} but "
-                f"{other.name!r} earlier in the chain to {FAMILY_LABELS.get(other.family, other.family)}: "
+                f"concept {concept.name!r} is bound to {_family_label(concept.family)} but "
+                f"{other.name!r} earlier in the chain to {_family_label(other.family)}: "
                 "load every concept of a chain with the same checkpoint."
             )
     chain.append(concept)

@@ -20,42 +20,43 @@ so ``omg_core`` stays importable without it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from omg_core.model.concept import DenseUpdate, KroneckerUpdate, LayerUpdate, LowRankUpdate
-
-# A layer may carry several updates that are summed (an additive fusion of a
-# low-rank concept and a Kronecker one cannot be one factored patch).
-LayerPatch = LayerUpdate | Sequence[LayerUpdate]
-
-
-def as_update_list(patch: LayerPatch) -> list[LayerUpdate]:
-    if isinstance(patch, LowRankUpdate | KroneckerUpdate | DenseUpdate):
-        return [patch]
-    return list(patch)
-
-
-def factor_tensors(update: LayerUpdate) -> Iterable[torch.Tensor]:
-    if isinstance(update, LowRankUpdate):
-        return (update.up, update.down)
-    if isinstance(update, KroneckerUpdate):
-        return (update.w1, update.w2)
-    return (update.delta,)
+from omg_core.model.updates import (
+    DenseUpdate,
+    KroneckerUpdate,
+    LayerPatch,
+    LayerUpdate,
+    LowRankUpdate,
+    as_update_list,
+    check_update_finite,
+    update_kind,
+)
 
 
-def check_finite(key: str, update: LayerUpdate, owner: str = "the update") -> None:
-    """NaN/Inf in a factor would silently turn every image black; refuse it."""
-    if not math.isfinite(update.scale):
-        raise ValueError(f"{owner} has a non-finite scale ({update.scale}) on layer {key}; fix or re-export the file")
-    for t in factor_tensors(update):
-        if not torch.isfinite(t).all():
-            raise ValueError(
-                f"{owner} contains NaN or Inf weights on layer {key}; the file is corrupt or was saved "
-                "from a diverged training run — re-export it or drop this concept"
-            )
+def _lora_patch(update: LowRankUpdate, weight_shape: torch.Size) -> Any:
+    from comfy.weight_adapter import LoRAAdapter
+
+    # (up, down, alpha, mid, dora_scale, reshape); alpha=None means alpha/rank = 1.
+    return LoRAAdapter(set(), (update.up, update.down, None, None, None, None))
+
+
+def _lokr_patch(update: KroneckerUpdate, weight_shape: torch.Size) -> Any:
+    from comfy.weight_adapter import LoKrAdapter
+
+    # (w1, w2, alpha, w1_a, w1_b, w2_a, w2_b, t2, dora_scale); with full w1/w2 ComfyUI uses alpha 1.
+    return LoKrAdapter(set(), (update.w1, update.w2, None, None, None, None, None, None, None))
+
+
+def _diff_patch(update: DenseUpdate, weight_shape: torch.Size) -> Any:
+    return ("diff", (update.delta.reshape(weight_shape),))
+
+
+# ComfyUI's own patch type for each kind: the factors travel as they are.
+_COMFY_PATCHES = {LowRankUpdate: _lora_patch, KroneckerUpdate: _lokr_patch, DenseUpdate: _diff_patch}
 
 
 def to_comfy_patch(update: LayerUpdate, weight_shape: torch.Size) -> tuple[Any, float]:
@@ -64,24 +65,12 @@ def to_comfy_patch(update: LayerUpdate, weight_shape: torch.Size) -> tuple[Any, 
     The strength carries the update's scale, so factors are passed through
     untouched (no copy, no rescaled tensor).
     """
-    from comfy.weight_adapter import LoKrAdapter, LoRAAdapter
-
-    numel = math.prod(weight_shape)
-    if isinstance(update, LowRankUpdate):
-        if update.out_features * update.in_features != numel:
-            raise _shape_error(update, weight_shape)
-        # (up, down, alpha, mid, dora_scale, reshape); alpha=None means alpha/rank = 1.
-        return LoRAAdapter(set(), (update.up, update.down, None, None, None, None)), update.scale
-    if isinstance(update, KroneckerUpdate):
-        if update.out_features * update.in_features != numel:
-            raise _shape_error(update, weight_shape)
-        # (w1, w2, alpha, w1_a, w1_b, w2_a, w2_b, t2, dora_scale); with full w1/w2 ComfyUI uses alpha 1.
-        return LoKrAdapter(set(), (update.w1, update.w2, None, None, None, None, None, None, None)), update.scale
-    if isinstance(update, DenseUpdate):
-        if update.delta.numel() != numel:
-            raise _shape_error(update, weight_shape)
-        return ("diff", (update.delta.reshape(weight_shape),)), update.scale
-    raise TypeError(f"unknown layer update type {type(update).__name__}")
+    kind = update_kind(update)
+    if kind not in _COMFY_PATCHES:
+        raise ValueError(f"no ComfyUI patch type is known for a {kind.__name__}; add one to _COMFY_PATCHES")
+    if update.out_features * update.in_features != math.prod(weight_shape):
+        raise _shape_error(update, weight_shape)
+    return _COMFY_PATCHES[kind](update, weight_shape), update.scale
 
 
 def _shape_error(update: LayerUpdate, weight_shape: torch.Size) -> ValueError:
@@ -102,7 +91,7 @@ def _add_to_patcher(patcher, updates: Mapping[str, LayerPatch], what: str) -> No
     by_strength: dict[tuple[float, int], dict[str, Any]] = {}
     for key, patch in updates.items():
         for update in as_update_list(patch):
-            check_finite(key, update)
+            check_update_finite(key, update)
             value, strength = to_comfy_patch(update, state[key].shape)
             # One add_patches call per distinct strength; keys appear at most
             # once per call, so several updates of one layer are split across calls.

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from omg_core.bridge.family import model_family, unsupported_model_message
+from omg_core.families import KV_SUFFIXES, Family
 from omg_core.model.basis import basis_rows, max_slots
 
 TARGETS = ("kv", "attention")
 DOWN_MODES = ("basis", "free")
-_KV_SUFFIXES = ("attn2.to_k", "attn2.to_v")
 _ATTENTION_SUFFIXES = tuple(f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0"))
-_CONTEXT_FAMILY = {768: "sd15", 2048: "sdxl"}
 
 
 def stream_seed(seed: int, tag: int) -> int:
@@ -39,7 +39,7 @@ def stream_seed(seed: int, tag: int) -> int:
 def target_layers(diffusion_model: torch.nn.Module, target: str) -> dict[str, torch.nn.Module]:
     """ComfyUI weight key -> Linear module of every adapted projection
     ("kv": cross-attention to_k/to_v; "attention": q/k/v/out of attn1 and attn2)."""
-    suffixes = _KV_SUFFIXES if target == "kv" else _ATTENTION_SUFFIXES
+    suffixes = KV_SUFFIXES if target == "kv" else _ATTENTION_SUFFIXES
     found = {
         f"diffusion_model.{name}.weight": m
         for name, m in diffusion_model.named_modules()
@@ -50,22 +50,17 @@ def target_layers(diffusion_model: torch.nn.Module, target: str) -> dict[str, to
     return found
 
 
-def model_family(model) -> str:
-    """The family ("sd15"/"sdxl") from the UNet's cross-attention width.
+def training_family(model) -> Family:
+    """The family of a model concept training can run on.
 
     The loss assumes a discrete noise-prediction schedule, which only these
     families have here."""
     import comfy.model_sampling
 
-    inner = model.model
-    context = inner.model_config.unet_config.get("context_dim")
-    family = _CONTEXT_FAMILY.get(context)
-    ms = inner.model_sampling
-    if family is None or not isinstance(ms, comfy.model_sampling.EPS) or not hasattr(ms, "sigmas"):
-        raise ValueError(
-            f"concept training supports SD1.x (context 768) and SDXL (context 2048) UNets; this model is "
-            f"{type(inner).__name__} with context {context}. Load an SD1.5 or SDXL checkpoint."
-        )
+    family = model_family(model, "concept training")
+    ms = model.model.model_sampling
+    if not isinstance(ms, comfy.model_sampling.EPS) or not hasattr(ms, "sigmas"):
+        raise ValueError(unsupported_model_message(model, "concept training"))
     return family
 
 

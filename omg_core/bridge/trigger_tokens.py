@@ -23,13 +23,13 @@ attending to its own — for the global prompt and every region prompt.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 
 import torch
 
 from omg_core.model.concept import TokenEmbedding
+from omg_core.ops.triggers import trigger_pattern
 
 _IDENTIFIER = "embedding:"
 
@@ -42,20 +42,13 @@ def prompt_vectors(embedding: TokenEmbedding) -> torch.Tensor:
     return vectors.mean(dim=0) if embedding.layer_wise else vectors
 
 
-def _trigger_pattern(triggers: Iterable[str]) -> re.Pattern:
-    words = sorted(triggers, key=len, reverse=True)
-    alternatives = "|".join(re.escape(w) for w in words)
-    # A whole word: not inside another word, not already after "embedding:".
-    return re.compile(rf"(?<![\w<>:])({alternatives})(?![\w<>])", re.IGNORECASE)
-
-
 def mark_triggers(text: str, table: Mapping[str, torch.Tensor]) -> str:
     """``text`` with each trigger word turned into ComfyUI's ``embedding:`` syntax
     (a leading space, because ComfyUI only splits ``embedding:`` after whitespace)."""
     if not table:
         return text
     canonical = {k.lower(): k for k in table}
-    return _trigger_pattern(table).sub(lambda m: f" {_IDENTIFIER}{canonical[m.group(1).lower()]}", text)
+    return trigger_pattern(table).sub(lambda m: f" {_IDENTIFIER}{canonical[m.group(1).lower()]}", text)
 
 
 _ARITY: dict[type, int] = {}

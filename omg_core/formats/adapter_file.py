@@ -18,12 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from omg_core.families import FAMILIES, Family, family_for_context_dim, family_with_encoder
 from omg_core.model.concept import TokenEmbedding
-
-# Cross-attention context width (the input of attn2.to_k / to_v) per family.
-CONTEXT_DIMS = {"sd15": 768, "sdxl": 2048}
-# Token-embedding width per text encoder.
-ENCODER_DIMS = {"clip_l": 768, "clip_g": 1280}
 
 
 @dataclass
@@ -74,16 +70,6 @@ def check_file_readable(path: str | os.PathLike) -> None:
         )
 
 
-def check_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        shown = ", ".join(sorted(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise ValueError(
-            f"{os.path.basename(str(path))} contains NaN or Inf weights ({shown}): the training run diverged or the file "
-            "is damaged; use an earlier checkpoint of this concept or retrain it."
-        )
-
-
 def _kv_input_width(key: str, tensor: torch.Tensor) -> int | None:
     """Input width of a cross-attention k/v layer from one of its stored tensors."""
     if tensor.ndim < 2:
@@ -119,7 +105,7 @@ def cross_attention_context_dim(tensors: dict[str, torch.Tensor]) -> int | None:
     for parts in lokr_in.values():
         if len(parts) == 2:
             widths.add(parts["lokr_w1"] * parts["lokr_w2"])
-    known = [w for w in widths if w in CONTEXT_DIMS.values()]
+    known = [w for w in widths if family_for_context_dim(w) is not None]
     if known:
         return max(known)
     return max(widths) if widths else None
@@ -128,16 +114,24 @@ def cross_attention_context_dim(tensors: dict[str, torch.Tensor]) -> int | None:
 def family_from_dims(
     context_dim: int | None, embeddings: tuple[TokenEmbedding, ...] = (), tensors: dict[str, torch.Tensor] | None = None
 ) -> str:
-    """The model family an adapter is for: from its cross-attention width, else
-    from a second text encoder (only SDXL has CLIP-G) among its layers or tokens."""
-    for family, dim in CONTEXT_DIMS.items():
-        if context_dim == dim:
-            return family
-    if any(e.encoder == "clip_g" for e in embeddings):
-        return "sdxl"
-    if any(k.startswith(("lora_te2_", "text_encoders.clip_g.")) for k in tensors or {}):
-        return "sdxl"
-    return "unknown"
+    """The model family an adapter is for ("unknown" when nothing tells): from
+    its cross-attention width, else from a text encoder only one family has
+    (only SDXL has CLIP-G) among its layers or tokens."""
+    family = family_for_context_dim(context_dim) or _family_from_text_encoders(embeddings, tensors or {})
+    return family.name if family is not None else "unknown"
+
+
+def _family_from_text_encoders(
+    embeddings: tuple[TokenEmbedding, ...], tensors: dict[str, torch.Tensor]
+) -> Family | None:
+    encoders = {e.encoder for e in embeddings}
+    for key in tensors:
+        if key.startswith("text_encoders."):
+            encoders.add(key.split(".")[1])
+        elif key.startswith("lora_te2_"):  # kohya's name for the second text encoder of a family
+            encoders.update(f.text_encoders[1].name for f in FAMILIES if len(f.text_encoders) > 1)
+    found = {family_with_encoder(e) for e in encoders} - {None}
+    return found.pop() if len(found) == 1 else None
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

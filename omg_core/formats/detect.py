@@ -12,13 +12,13 @@ import os
 import struct
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 
 import torch
 
 from omg_core.formats.adapter_file import (
     AdapterFile,
     check_file_readable,
-    check_finite,
     concept_name_from_path,
     load_pickle,
     load_safetensors,
@@ -42,6 +42,7 @@ from omg_core.formats.lora import (
 from omg_core.formats.names import unsupported_kind
 from omg_core.formats.native import is_native, read_native, split_embeddings
 from omg_core.model.concept import TokenEmbedding
+from omg_core.model.updates import check_finite
 
 
 def is_safetensors(path: str | os.PathLike) -> bool:
@@ -154,6 +155,14 @@ def _all_tensors(adapter: AdapterFile) -> dict[str, torch.Tensor]:
     return out
 
 
+def _non_finite_message(path: str | os.PathLike, bad: list[str]) -> str:
+    shown = ", ".join(sorted(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return (
+        f"{os.path.basename(str(path))} contains NaN or Inf weights ({shown}): the training run diverged or the file "
+        "is damaged; use an earlier checkpoint of this concept or retrain it."
+    )
+
+
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
     """Read any supported adapter file into tensors named for ComfyUI's key maps.
 
@@ -168,5 +177,5 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     check_file_readable(path)
     content, metadata = load_tensor_file(path)
     adapter = read_native(path) if is_native(metadata) else _read_content(content, metadata, path)
-    check_finite(_all_tensors(adapter), path)
+    check_finite(_all_tensors(adapter), partial(_non_finite_message, path))
     return adapter

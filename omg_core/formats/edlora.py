@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 import torch
 
-from omg_core.formats.adapter_file import ENCODER_DIMS, AdapterFile, concept_name_from_path
+from omg_core.families import FAMILIES, TEXT_ENCODERS, text_encoder_for_width
+from omg_core.formats.adapter_file import AdapterFile, concept_name_from_path
 from omg_core.formats.lora import normalise_lora_tensors
 from omg_core.model.concept import TokenEmbedding
 
@@ -33,12 +34,14 @@ def is_edlora(obj: object) -> bool:
 
 
 def encoder_for_dim(dim: int, token: str, path: str | os.PathLike) -> str:
-    for encoder, width in ENCODER_DIMS.items():
-        if width == dim:
-            return encoder
+    encoder = text_encoder_for_width(dim)
+    if encoder is not None:
+        return encoder.name
+    families = "/".join(f.label for f in FAMILIES)
+    widths = ", ".join(f"{e.width} for {e.label}" for e in TEXT_ENCODERS)
     raise ValueError(
-        f"{os.path.basename(str(path))}: the embedding of {token!r} has width {dim}, which matches no SD1.5/SDXL text "
-        "encoder (768 for CLIP-L, 1280 for CLIP-G); the file is for another model family."
+        f"{os.path.basename(str(path))}: the embedding of {token!r} has width {dim}, which matches no {families} text "
+        f"encoder ({widths}); the file is for another model family."
     )
 
 

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omg_core.bridge.patching import LayerPatch, as_update_list
-from omg_core.model.concept import DenseUpdate, KroneckerUpdate, LowRankUpdate
+from omg_core.model.updates import LayerPatch, as_update_list
 from omg_core.ops.fusion import FusionResult, patch_dense
 from omg_core.ops.orthogonality import thin_svd
 
@@ -70,24 +69,17 @@ def lora_module_name(key: str, two_text_encoders: bool) -> str:
 
 
 def _kernel(patch: LayerPatch) -> tuple[int, ...]:
-    u = as_update_list(patch)[0]
-    if isinstance(u, LowRankUpdate):
-        return tuple(u.down.shape[2:])
-    if isinstance(u, DenseUpdate):
-        return tuple(u.delta.shape[2:])
-    if isinstance(u, KroneckerUpdate):
-        return tuple(u.w2.shape[2:])
-    return ()
+    return as_update_list(patch)[0].kernel
 
 
 def lora_factors(patch: LayerPatch, max_rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(up [out, r], down [r, in], relative error) with up @ down ≈ ΔW and r ≤ max_rank."""
     updates = as_update_list(patch)
-    if len(updates) == 1 and isinstance(updates[0], LowRankUpdate) and updates[0].rank <= max_rank:
-        u = updates[0]
-        return u.scale * u.up_matrix().float(), u.down_matrix().float(), 0.0
-    if len(updates) == 1 and isinstance(updates[0], LowRankUpdate):
-        s, vt = thin_svd(updates[0], energy=1.0)  # exact, through the factors
+    low = updates[0].as_low_rank() if len(updates) == 1 else None
+    if low is not None and low.rank <= max_rank:
+        return low.scale * low.up_matrix().float(), low.down_matrix().float(), 0.0
+    if low is not None:
+        s, vt = thin_svd(low, energy=1.0)  # exact, through the factors
         total = float(s.square().sum())
     else:
         _, s_all, vh = torch.linalg.svd(patch_dense(patch, torch.float32), full_matrices=False)

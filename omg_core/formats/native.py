@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from omg_core.formats.adapter_file import AdapterFile, concept_name_from_path, load_safetensors
-from omg_core.model.concept import Concept, DenseUpdate, KroneckerUpdate, LayerUpdate, LowRankUpdate, TokenEmbedding
+from omg_core.model.concept import Concept, TokenEmbedding
+from omg_core.model.updates import DenseUpdate, KroneckerUpdate, LayerUpdate, LowRankUpdate, update_kind
 
 NATIVE_VERSION = "1"
 UNET_PREFIX = "diffusion_model."
@@ -59,18 +60,30 @@ def _update_tensors(prefix: str, update: LayerUpdate, strength: float) -> dict[s
     """One layer in ComfyUI's adapter naming. ComfyUI scales a LoRA by alpha/rank
     and ignores alpha for Kronecker pairs stored in full, so the scale goes into
     alpha for LoRA and into the first factor (or the difference) otherwise."""
-    scale = update.scale * strength
-    if isinstance(update, LowRankUpdate):
-        return {
-            f"{prefix}.lora_up.weight": update.up,
-            f"{prefix}.lora_down.weight": update.down,
-            f"{prefix}.alpha": torch.tensor(float(scale * update.rank)),
-        }
-    if isinstance(update, KroneckerUpdate):
-        return {f"{prefix}.lokr_w1": update.w1 * scale, f"{prefix}.lokr_w2": update.w2}
-    if isinstance(update, DenseUpdate):
-        return {f"{prefix}.diff": update.delta * scale}
-    raise TypeError(f"unknown layer update type {type(update).__name__}")
+    kind = update_kind(update, f"layer {prefix}")
+    if kind not in _WRITERS:
+        raise ValueError(f"the native format has no tensor names for a {kind.__name__}; add them to _WRITERS")
+    return _WRITERS[kind](prefix, update, update.scale * strength)
+
+
+def _lora_tensors(prefix: str, update: LowRankUpdate, scale: float) -> dict[str, torch.Tensor]:
+    return {
+        f"{prefix}.lora_up.weight": update.up,
+        f"{prefix}.lora_down.weight": update.down,
+        f"{prefix}.alpha": torch.tensor(float(scale * update.rank)),
+    }
+
+
+def _lokr_tensors(prefix: str, update: KroneckerUpdate, scale: float) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.lokr_w1": update.w1 * scale, f"{prefix}.lokr_w2": update.w2}
+
+
+def _diff_tensors(prefix: str, update: DenseUpdate, scale: float) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.diff": update.delta * scale}
+
+
+# ComfyUI's adapter names for each kind (read back by ``_layer_updates``).
+_WRITERS = {LowRankUpdate: _lora_tensors, KroneckerUpdate: _lokr_tensors, DenseUpdate: _diff_tensors}
 
 
 def native_state_dict(concept: Concept) -> dict[str, torch.Tensor]:
@@ -93,7 +106,7 @@ def _as_header_value(value: Any) -> str:
 
 
 def native_metadata(concept: Concept, extra_metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
-    ranks = [u.rank for u in concept.layers().values() if isinstance(u, LowRankUpdate)]
+    ranks = [low.rank for u in concept.layers().values() if (low := u.as_low_rank()) is not None]
     header = {k: _as_header_value(v) for k, v in concept.metadata.items()}
     header.update({k: _as_header_value(v) for k, v in (extra_metadata or {}).items()})
     for canonical, names in _BASIS_KEYS.items():

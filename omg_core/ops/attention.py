@@ -82,25 +82,38 @@ def mix_region(
     out.view(b, h, w, c)[:, r0:r1, c0:c1] += share * (region_out - g)
 
 
+RegionKV = tuple[torch.Tensor, torch.Tensor]
+
+
 def regional_attention(
     q: torch.Tensor,
     global_out: torch.Tensor,
     h: int,
     w: int,
     cells: Sequence[RegionCells],
-    region_kv: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+    region_kv: Sequence[RegionKV | None] | Callable[[RegionCells], RegionKV | None],
     heads: int,
     attention: AttentionFn = sdpa_attention,
+    on_region: Callable[[RegionCells, RegionKV], None] | None = None,
 ) -> torch.Tensor:
     """``global + Σ_i share_i (attention(q, k_i, v_i) − global)``, each region
-    computed on its box only. ``region_kv[j]`` belongs to ``cells[j]``; None
-    means "same as global" (a region without its own prompt on this branch)."""
+    computed on its box only — the mix the sampling-time patch runs.
+
+    ``region_kv`` gives each cell's k/v: a list (``region_kv[j]`` belongs to
+    ``cells[j]``) or a function of the cell, so that the patch projects a
+    region's prompt only when the region is present at this resolution. None
+    means "same as global" (a region without its own prompt on this branch).
+    ``on_region(cell, kv)`` sees every region that was mixed (the attention-map
+    recorder reads its token attention there)."""
+    pairs = ((c, region_kv(c)) for c in cells) if callable(region_kv) else zip(cells, region_kv)
     out = global_out.clone()
-    for cell, kv in zip(cells, region_kv):
+    for cell, kv in pairs:
         if kv is None:
             continue
         r = region_attention(q, h, w, cell, kv[0], kv[1], heads, attention)
         mix_region(out, global_out, h, w, cell, r)
+        if on_region is not None:
+            on_region(cell, kv)
     return out
 
 

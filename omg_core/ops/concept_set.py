@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from omg_core.bridge.patching import check_finite, factor_tensors
-from omg_core.model.concept import Concept, LayerUpdate
+from omg_core.families import FAMILIES
+from omg_core.model.concept import Concept
+from omg_core.model.updates import LayerUpdate, as_update, check_update_finite
 
 
 def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[Concept]:
@@ -28,7 +29,7 @@ def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[C
         listing = ", ".join(f"{c.name!r} ({c.family})" for c in concepts)
         raise ValueError(
             f"the concepts belong to different model families: {listing}; use concepts made for one base model "
-            "(SD1.5 adapters with an SD1.5 checkpoint, SDXL adapters with an SDXL checkpoint)"
+            f"({', '.join(f'{f.label} adapters with an {f.label} checkpoint' for f in FAMILIES)})"
         )
     seen: set[str] = set()
     for c in concepts:
@@ -38,6 +39,9 @@ def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[C
                 "results can be told apart"
             )
         seen.add(c.name)
+    for c in concepts:
+        for key, update in c.layers().items():
+            as_update(update, f"layer {key} of concept {c.name!r}")
     _check_all_finite(concepts)
     shapes: dict[str, tuple[int, int, str]] = {}
     for c in concepts:
@@ -58,7 +62,7 @@ def _check_all_finite(concepts: Sequence[Concept]) -> None:
     by one, to name the culprit (a finite tensor whose float32 sum overflows is
     let through)."""
     entries = [(c, key, u) for c in concepts for key, u in c.layers().items()]
-    tensors = [t for _, _, u in entries for t in factor_tensors(u)]
+    tensors = [t for _, _, u in entries for t in u.factors()]
     if not tensors:
         return
     sums = torch.stack([t.sum().float() for t in tensors])
@@ -66,7 +70,7 @@ def _check_all_finite(concepts: Sequence[Concept]) -> None:
     if scales_ok and bool(torch.isfinite(sums).all()):
         return
     for c, key, update in entries:
-        check_finite(key, update, owner=f"concept {c.name!r}")
+        check_update_finite(key, update, owner=f"concept {c.name!r}")
 
 
 def scaled_layers(concept: Concept) -> dict[str, LayerUpdate]:

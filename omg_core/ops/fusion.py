@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omg_core.bridge.patching import LayerPatch, as_update_list, factor_tensors
-from omg_core.model.concept import (
-    Concept,
+from omg_core.model.concept import Concept, TokenEmbedding, is_cross_attention_kv
+from omg_core.model.updates import (
     DenseUpdate,
-    KroneckerUpdate,
+    LayerPatch,
     LayerUpdate,
     LowRankUpdate,
-    TokenEmbedding,
-    is_cross_attention_kv,
+    as_update_list,
+    combine_updates,
+    promote_dtype,
 )
 from omg_core.ops.concept_set import scaled_layers, validate_concepts
 from omg_core.ops.orthogonality import input_subspace
@@ -71,12 +71,8 @@ def patch_apply(patch: LayerPatch, x: torch.Tensor) -> torch.Tensor:
 
 
 def update_dense(update: LayerUpdate, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """ΔW as an [out, in] matrix computed in ``dtype`` (the updates' own ``dense()`` is float32)."""
-    if isinstance(update, LowRankUpdate):
-        return update.scale * (update.up_matrix().to(dtype) @ update.down_matrix().to(dtype))
-    if isinstance(update, KroneckerUpdate):
-        return update.scale * torch.kron(update.w1.to(dtype), update.w2.reshape(update.w2.shape[0], -1).to(dtype))
-    return update.scale * update.delta.reshape(update.delta.shape[0], -1).to(dtype)
+    """ΔW as an [out, in] matrix, by default in float64 (the updates' own ``dense()`` defaults to float32)."""
+    return update.dense(dtype)
 
 
 def patch_dense(patch: LayerPatch, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -84,33 +80,9 @@ def patch_dense(patch: LayerPatch, dtype: torch.dtype = torch.float64) -> torch.
     return sum(update_dense(u, dtype) for u in as_update_list(patch))
 
 
-def _promote(tensors: Sequence[torch.Tensor]) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def add_updates(updates: Sequence[LayerUpdate]) -> LayerPatch:
-    """The exact sum of one layer's updates, kept factored."""
-    lows = [u for u in updates if isinstance(u, LowRankUpdate)]
-    krons = [u for u in updates if isinstance(u, KroneckerUpdate)]
-    denses = [u for u in updates if isinstance(u, DenseUpdate)]
-    parts: list[LayerUpdate] = []
-    if len(lows) == 1:
-        parts.append(lows[0])
-    elif lows:
-        dtype = _promote([u.up for u in lows] + [u.down for u in lows])
-        same_kernel = len({tuple(u.down.shape[1:]) for u in lows}) == 1
-        up = torch.cat([u.scale * u.up_matrix().to(dtype) for u in lows], dim=1)
-        down = torch.cat([(u.down if same_kernel else u.down_matrix()).to(dtype) for u in lows], dim=0)
-        parts.append(LowRankUpdate(up, down, 1.0))
-    if denses:
-        shape = denses[0].delta.shape
-        total = sum(u.scale * u.delta.reshape(shape).to(_promote([d.delta for d in denses])) for u in denses)
-        parts.append(DenseUpdate(total, 1.0))
-    parts.extend(krons)
-    return parts[0] if len(parts) == 1 else tuple(parts)
+    """The exact sum of one layer's updates, kept factored (a kind it does not know raises)."""
+    return combine_updates(updates)
 
 
 # --------------------------------------------------------------- features
@@ -155,7 +127,11 @@ def dedupe_features(
         raise ValueError("no feature rows to fit; give each concept at least one prompt")
     allrows = torch.cat(blocks)
     norms = allrows.norm(dim=1)
-    close = torch.cdist(allrows, allrows) <= tol * torch.maximum(norms[:, None], norms[None, :]).clamp(min=1e-30)
+    # cdist's matrix-product shortcut (used above 25 rows) leaves a row ~1e-8 from itself, more
+    # than a tight tol: then a row matched nothing, not even itself, and its membership was 0/0.
+    distance = torch.cdist(allrows, allrows, compute_mode="donot_use_mm_for_euclid_dist")
+    close = distance <= tol * torch.maximum(norms[:, None], norms[None, :]).clamp(min=1e-30)
+    close.fill_diagonal_(True)
     rep = torch.full((allrows.shape[0],), -1, dtype=torch.long)
     uniques = []
     for r in range(allrows.shape[0]):
@@ -210,22 +186,22 @@ def _fit_layer(updates: Sequence[LayerUpdate | None], fit: _Fit, like: LayerUpda
     given): the solve itself is done once per feature set in float64.
     """
     present = [(i, u) for i, u in enumerate(updates) if u is not None]
-    if all(isinstance(u, LowRankUpdate) for _, u in present):
-        dtype = _promote([u.up for _, u in present] + [u.down for _, u in present])
+    lows = [(i, u.as_low_rank()) for i, u in present]
+    if all(u is not None for _, u in lows):
+        dtype = promote_dtype([u.up for _, u in lows] + [u.down for _, u in lows])
         rows, g, membership = fit.get(dtype)
-        downs = torch.cat([u.down_matrix().to(dtype) for _, u in present])  # [R, in]
-        weights = torch.cat([membership[i].expand(u.rank, -1) for i, u in present])  # [R, m]
+        downs = torch.cat([u.down_matrix().to(dtype) for _, u in lows])  # [R, in]
+        weights = torch.cat([membership[i].expand(u.rank, -1) for i, u in lows])  # [R, m]
         down = ((downs @ rows.T) * weights) @ g
-        up = torch.cat([u.scale * u.up_matrix().to(dtype) for _, u in present], dim=1)
-        kernel = {tuple(u.down.shape[1:]) for _, u in present}
+        up = torch.cat([u.scale * u.up_matrix().to(dtype) for _, u in lows], dim=1)
+        kernel = {tuple(u.down.shape[1:]) for _, u in lows}
         if len(kernel) == 1 and len(next(iter(kernel))) > 1:
             down = down.reshape(down.shape[0], *next(iter(kernel)))
         return LowRankUpdate(up, down, 1.0)
     rows, g, membership = fit.get(torch.float64)
     t = sum(u.apply(rows) * membership[i].unsqueeze(1) for i, u in present)  # [m, out]
     delta = (t.T @ g).to(torch.float32)
-    shape = like.delta.shape if isinstance(like, DenseUpdate) else delta.shape
-    return DenseUpdate(delta.reshape(shape), 1.0)
+    return DenseUpdate(delta.reshape(like.dense_shape), 1.0)
 
 
 # --------------------------------------------------------------- result
@@ -440,8 +416,7 @@ def _residual(fused: LayerPatch, updates, fs: FeatureSet) -> float:
 
 
 def _work_dtype(update: LayerUpdate) -> torch.dtype:
-    t = next(iter(factor_tensors(update)))
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float64 if update.dtype == torch.float64 else torch.float32
 
 
 def _layer_features(key: str, update: LayerUpdate, i: int, text, width) -> torch.Tensor | None:

@@ -51,9 +51,13 @@ from collections.abc import Sequence
 
 import torch
 
-# Mix-of-Show's SD1.5 layer sections: down 0–5, middle 6, up 7–15.
-MIX_OF_SHOW_LAYERS = 16
-_SECTIONS = {"input": (0, 6), "middle": (6, 1), "output": (7, 9)}
+from omg_core.families import SD15, SDXL
+from omg_core.ops.triggers import trigger_pattern
+
+# Mix-of-Show's ED-LoRA is made for SD1.5: one embedding per SD1.5
+# cross-attention layer, by section down 0–5, middle 6, up 7–15.
+MIX_OF_SHOW_LAYERS = SD15.cross_attention_layers
+_SECTIONS = SD15.cross_attention_spans
 COND = 0  # ComfyUI's cond_or_uncond index of the positive branch
 
 
@@ -73,11 +77,9 @@ def layerwise_tables(clip) -> dict[str, dict[str, torch.Tensor]]:
 
 def tokens_in_prompt(clip, text: str) -> dict[str, dict[str, torch.Tensor]]:
     """The layer-wise tokens that occur in ``text`` as trigger words."""
-    from omg_core.bridge.trigger_tokens import _trigger_pattern
-
     out = {}
     for name, table in layerwise_tables(clip).items():
-        found = {m.group(1).lower() for m in _trigger_pattern(table).finditer(text)}
+        found = {m.group(1).lower() for m in trigger_pattern(table).finditer(text)}
         used = {tok: vec for tok, vec in table.items() if tok.lower() in found}
         if used:
             out[name] = used
@@ -95,8 +97,9 @@ def layer_map(layers: Sequence, n_embedding_layers: int, token_dim: int) -> list
         raise ValueError(
             f"this model has {n} cross-attention layers with {context_dim}-wide text features, but the concept's "
             f"layer-wise (ED-LoRA) tokens hold {n_embedding_layers} layer embeddings {token_dim} wide: Mix-of-Show "
-            "ED-LoRA concepts are made for SD1.5 (16 layers, 768 wide) and have no SDXL form — use them with an SD1.5 "
-            "checkpoint, or use a concept with one embedding per token on this model."
+            f"ED-LoRA concepts are made for {SD15.label} ({MIX_OF_SHOW_LAYERS} layers, {SD15.context_dim} wide) and have "
+            f"no {SDXL.label} form — use them with an {SD15.label} checkpoint, or use a concept with one embedding per "
+            "token on this model."
         )
     by_section: dict[str, list] = {}
     for layer in sorted(layers, key=lambda x: x.order):

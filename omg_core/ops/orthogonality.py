@@ -35,14 +35,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from omg_core.model.concept import (
-    Concept,
-    DenseUpdate,
-    KroneckerUpdate,
-    LayerUpdate,
-    LowRankUpdate,
-    is_cross_attention_kv,
-)
+from omg_core.model.concept import Concept, is_cross_attention_kv
+from omg_core.model.updates import LayerUpdate, LowRankUpdate
 from omg_core.ops.concept_set import scaled_layers, validate_concepts
 
 Progress = Callable[[int, int], None] | None
@@ -99,9 +93,10 @@ def thin_svd(update: LayerUpdate, energy: float = 0.999) -> tuple[torch.Tensor, 
     keeps ``energy`` of ‖ΔW‖²_F: their exact rank is usually the full width,
     which no set of mutually orthogonal subspaces could hold.
     """
-    if isinstance(update, LowRankUpdate):
-        q, r = torch.linalg.qr(update.down_matrix().double().T)  # down = rᵀ qᵀ
-        m = update.scale * (update.up_matrix().double() @ r.T)
+    low = update.as_low_rank()
+    if low is not None:
+        q, r = torch.linalg.qr(low.down_matrix().double().T)  # down = rᵀ qᵀ
+        m = low.scale * (low.up_matrix().double() @ r.T)
         _, s, vh = torch.linalg.svd(m, full_matrices=False)
         keep = s > _REL_TOL * s[0] if s.numel() and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
         return s[keep], (vh @ q.T)[keep]
@@ -112,9 +107,10 @@ def thin_svd(update: LayerUpdate, energy: float = 0.999) -> tuple[torch.Tensor, 
 
 def input_subspace(update: LayerUpdate, energy: float = 0.999) -> InputSubspace:
     """The input subspace of ΔW (Kronecker-structured for LoKr updates)."""
-    if isinstance(update, KroneckerUpdate):
-        w2 = update.w2.reshape(update.w2.shape[0], -1)
-        return InputSubspace(kron=(_rowspace(update.w1), _rowspace(w2)))
+    kron = update.as_kronecker()
+    if kron is not None:
+        w2 = kron.w2.reshape(kron.w2.shape[0], -1)
+        return InputSubspace(kron=(_rowspace(kron.w1), _rowspace(w2)))
     return InputSubspace(rows=thin_svd(update, energy)[1])
 
 
@@ -296,14 +292,7 @@ def cross_talk_report(
 
 
 def _work_dtype(update: LayerUpdate) -> torch.dtype:
-    t = (
-        update.up
-        if isinstance(update, LowRankUpdate)
-        else update.w1
-        if isinstance(update, KroneckerUpdate)
-        else update.delta
-    )
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float64 if update.dtype == torch.float64 else torch.float32
 
 
 def _features_for(key, update, name, feats, space) -> tuple[torch.Tensor, str]:
@@ -379,7 +368,7 @@ def orthogonalize(
     for step, key in enumerate(keys):
         members = [i for i, c in enumerate(concepts) if key in c.layers()]
         for i in members:
-            total[names[i]] += float(_norm_sq(concepts[i].layers()[key]))
+            total[names[i]] += float(concepts[i].layers()[key].frobenius_norm_sq())
         if len(members) > 1:
             updates = [concepts[i].layers()[key] for i in members]
             for i, (new, err_sq, norm_sq) in zip(members, _orthogonalize_layer(key, updates, method, energy)):
@@ -401,16 +390,6 @@ def orthogonalize(
         )
     fidelity = {n: math.sqrt(lost[n] / total[n]) if total[n] > 0 else 0.0 for n in names}
     return OrthogonalizeResult(out, fidelity, layer_loss, method)
-
-
-def _norm_sq(update: LayerUpdate) -> torch.Tensor:
-    if isinstance(update, LowRankUpdate):
-        # ‖s·U D‖² = s² tr((UᵀU)(D Dᵀ)) without forming U D.
-        u, d = update.up_matrix().double(), update.down_matrix().double()
-        return update.scale**2 * ((u.T @ u) * (d @ d.T)).sum()
-    if isinstance(update, KroneckerUpdate):
-        return update.scale**2 * update.w1.double().square().sum() * update.w2.double().square().sum()
-    return update.dense().double().square().sum()
 
 
 def _orthogonalize_layer(key, updates, method, energy):
@@ -441,17 +420,18 @@ def _orthogonalize_layer(key, updates, method, energy):
             taken = torch.cat([taken, q])
     out = []
     for i, (update, q) in enumerate(zip(updates, bases)):
-        norm_sq = float(_norm_sq(update))
-        if method == "sequential" and i == 0 and isinstance(update, LowRankUpdate):
+        norm_sq = float(update.frobenius_norm_sq())
+        low = update.as_low_rank()
+        if method == "sequential" and i == 0 and low is not None:
             # Its subspace is taken as it is: refactoring it through q would only
             # add the rounding of the factors' dtype (float32: ~1e-8 relative).
-            out.append((update, 0.0, norm_sq))
+            out.append((low, 0.0, norm_sq))
             continue
         up = update.apply(q.to(torch.float64)).T  # ΔW qᵀ: [out, k]
         kept = float(up.square().sum())
         down = q
-        if isinstance(update, LowRankUpdate) and update.down.ndim > 2:
-            down = q.reshape(q.shape[0], *update.down.shape[1:])
+        if low is not None and low.down.ndim > 2:
+            down = q.reshape(q.shape[0], *low.down.shape[1:])
         dtype = _factor_dtype(update)
         new = LowRankUpdate(up.to(dtype).contiguous(), down.to(dtype).contiguous(), 1.0)
         out.append((new, max(norm_sq - kept, 0.0), norm_sq))
@@ -459,7 +439,4 @@ def _orthogonalize_layer(key, updates, method, energy):
 
 
 def _factor_dtype(update: LayerUpdate) -> torch.dtype:
-    t = update.up if isinstance(update, LowRankUpdate) else update.w1 if isinstance(update, KroneckerUpdate) else None
-    if isinstance(update, DenseUpdate):
-        t = update.delta
-    return torch.float32 if t is None or t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+    return torch.float32 if update.dtype in (torch.float16, torch.bfloat16) else update.dtype

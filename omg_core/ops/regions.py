@@ -51,7 +51,6 @@ MAX_REGIONS = 16
 # w·c / Σ w·c must stay finite in the float32 it is computed in, and a feather past the image is no edge.
 MAX_WEIGHT = 10.0
 MAX_FEATHER = 1024.0
-PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 BOX_KEYS = ("x0", "y0", "x1", "y1")
 OPTIONAL_BOX_KEYS = ("weight", "ratio", "feather", "label", "concept")
 BOXES_FORMAT = '{"version": 1, "boxes": [{"x0": 0.05, "y0": 0.1, "x1": 0.45, "y1": 0.9}, ...]}'

@@ -22,9 +22,9 @@ from omg_core.bridge.attention_patch import (
     cross_attention_layers,
 )
 from omg_core.bridge.attention_recorder import AttentionRecorder
-from omg_core.bridge.placement import PlacementSettings
 from omg_core.model.concept import Concept
 from omg_core.ops.layerwise import layer_contexts
+from omg_core.ops.placement import PlacementSettings
 from omg_core.ops.regions import RegionSpec, bind_regions, region_warnings
 
 

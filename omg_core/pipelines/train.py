@@ -45,10 +45,10 @@ from omg_core.bridge.train_model import (
     make_adapters,
     make_text_encoder_differentiable,
     make_trainable,
-    model_family,
     release,
     stream_seed,
     target_layers,
+    training_family,
 )
 from omg_core.model.concept import Concept, LowRankUpdate, TokenEmbedding
 
@@ -137,7 +137,7 @@ class TrainResult:
     seconds: float = 0.0
 
     def loss_curve(self) -> torch.Tensor:
-        from omg_core.bridge.train_report import loss_curve_image
+        from omg_core.render.loss_curve import loss_curve_image
 
         return loss_curve_image(self.losses)
 
@@ -222,7 +222,7 @@ def train_concept(
     images = check_images(images)
     if prior_images is not None:
         prior_images = check_images(prior_images, "prior-preservation IMAGE batch")
-    family = model_family(model)
+    family = training_family(model).name
     with torch.inference_mode(False), torch.enable_grad():
         return _train(
             model, clip, vae, images, config, prior_images, progress, checkpoint_path, checkpoint_every, family

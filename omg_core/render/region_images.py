@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from omg_core.ops.regions import PALETTE, RegionSpec, box_cells, coverages
+from omg_core.ops.regions import RegionSpec, box_cells, coverages
+from omg_core.render.palette import font as _font
+from omg_core.render.palette import region_colour
 
 _BACKGROUND = (32, 32, 32)
-
-
-def colour(index: int) -> tuple[int, int, int]:
-    """Palette colour of region ``index`` (0-based), repeating after eight."""
-    h = PALETTE[index % len(PALETTE)].lstrip("#")
-    return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _preview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -42,7 +31,7 @@ def _to_image(pil: Image.Image) -> torch.Tensor:
 def _outline_and_number(draw: ImageDraw.ImageDraw, spec: RegionSpec, cov: torch.Tensor, w: int, h: int) -> None:
     font = _font(max(12, min(w, h) // 12))
     for i, region in enumerate(spec.regions):
-        c = colour(i)
+        c = region_colour(i)
         if region.box is not None:
             r0, r1, c0, c1 = box_cells(region.box, h, w)
             if r1 > r0 and c1 > c0:
@@ -66,7 +55,7 @@ def render_preview(spec: RegionSpec, max_side: int = 768, notes: list[str] = ())
     cov = coverages(spec, h, w)
     for i in range(len(spec)):
         a = (0.5 * cov[i])[..., None]
-        canvas = canvas * (1 - a) + torch.tensor(colour(i), dtype=torch.float32) * a
+        canvas = canvas * (1 - a) + torch.tensor(region_colour(i), dtype=torch.float32) * a
     pil = Image.fromarray(canvas.round().clamp(0, 255).to(torch.uint8).numpy())
     _outline_and_number(ImageDraw.Draw(pil), spec, cov, w, h)
     if notes:
@@ -114,7 +103,7 @@ def render_attention_maps(
         m = torch.nn.functional.interpolate(m[None, None].float(), (h, w), mode="bilinear")[0, 0]
         m = m / m.max().clamp(min=1e-12)
         region = region_of.get(label)
-        tint = torch.tensor(colour(region) if region is not None else (255, 255, 255), dtype=torch.float32)
+        tint = torch.tensor(region_colour(region) if region is not None else (255, 255, 255), dtype=torch.float32)
         rgb = m[..., None] * tint
         pil = Image.fromarray(rgb.round().clamp(0, 255).to(torch.uint8).numpy())
         draw = ImageDraw.Draw(pil)

@@ -184,11 +184,12 @@ def diffusers_module(key: str) -> str:
 def _low_rank(concept: Concept) -> dict[str, LowRankUpdate]:
     out = {}
     for key, u in concept.unet.items():
-        if not isinstance(u, LowRankUpdate):
+        low = u.as_low_rank()
+        if low is None:
             raise ValueError(
                 f"concept '{concept.name}' layer {key} is not low-rank; only LoRA concepts can be exported"
             )
-        out[key] = u
+        out[key] = low
     return out
 
 

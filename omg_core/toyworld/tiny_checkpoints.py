@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from omg_core.families import SD15
+
 # The recipe version: bump when the layout of a written file changes.
 _RECIPE_VERSION = 2
 
@@ -41,24 +43,7 @@ SD15_UNET = dict(
 
 # SD1.5's real UNet layout (860 M parameters): benchmarks at SD1.5 scale, and
 # narrower copies where a test needs its 16 cross-attention layers.
-SD15_FULL_UNET = dict(
-    model_channels=320,
-    context_dim=768,
-    num_heads=8,
-    num_head_channels=-1,
-    channel_mult=[1, 2, 4, 4],
-    num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    use_spatial_transformer=True,
-    use_linear_in_transformer=False,
-    legacy=False,
-    in_channels=4,
-    out_channels=4,
-    adm_in_channels=None,
-    use_temporal_attention=False,
-)
+SD15_FULL_UNET = SD15.unet_config()
 
 # The smallest SDXL-family layout ComfyUI's detection accepts (Segmind Vega).
 SDXL_VEGA_UNET = dict(

@@ -2,7 +2,6 @@
 LoRA loads with the stock LoraLoader and reproduces them."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,8 +46,10 @@ def _node(comfy, name):
 
 @pytest.fixture
 def captured(comfy, monkeypatch):
-    """The FusionResult each fusion node computes, caught on its way out of ``fuse``."""
-    module = sys.modules[_node(comfy, "OMGFuseConcepts").__module__]
+    """The FusionResult each fusion node computes, caught on its way out of ``fuse``
+    (the nodes fuse through ``omg_core.pipelines.fuse``)."""
+    import omg_core.pipelines.fuse as module
+
     results = []
     real = module.fuse
 

@@ -515,7 +515,7 @@ def _sample_noise(model, positive, negative, noise, steps=1, cfg=7.0):
 def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15):
     """One Euler step returns the blended prediction itself: inside the box it is the box's own pass (the
     plain model with the region's prompt on the crop of the noise), outside the regional pass bit for bit."""
-    from omg_core.bridge.placement import PlacementSettings
+    from omg_core.ops.placement import PlacementSettings
 
     model, clip, _ = sd15
     neg = enc(clip, "")
@@ -537,7 +537,7 @@ def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15
 
 
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
-    from omg_core.bridge.placement import PlacementSettings
+    from omg_core.ops.placement import PlacementSettings
 
     model, clip, _ = sd15
     pos, neg = enc(clip, "a red circle"), enc(clip, "")

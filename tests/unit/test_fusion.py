@@ -244,3 +244,19 @@ def test_bad_features_are_refused():
         fuse(concepts, "least_squares", features={"c0": torch.randn(3, 48), "c1": torch.full((3, 48), math.nan)})
     with pytest.raises(ValueError, match="regularisation features are 40-dimensional"):
         fuse(concepts, "constrained", features=_features(concepts, 3, 48, 0), reg_features=torch.randn(5, 40))
+
+
+@pytest.mark.parametrize("tol", [1e-9, 1e-4])
+def test_every_feature_row_belongs_somewhere_however_many_rows(tol):
+    """Above 25 rows torch.cdist may compute distances through a matrix product,
+    which leaves a row a little away from itself; each row must still be its
+    own match, so no membership is 0/0."""
+    gen = torch.Generator().manual_seed(0)
+    rows = [
+        torch.randn(30, 48, generator=gen, dtype=torch.float64),
+        torch.randn(20, 48, generator=gen, dtype=torch.float64),
+    ]
+    fs = dedupe_features(rows, tol=tol)
+    assert torch.isfinite(fs.membership).all()
+    assert fs.rows.shape[0] == 50
+    assert torch.allclose(fs.membership.sum(0), torch.ones(50, dtype=torch.float64))

@@ -4,7 +4,7 @@ holds, and how crop predictions are blended into the full pass."""
 import pytest
 import torch
 
-from omg_core.bridge.placement import PLACEMENTS, PlacementSettings, active_steps, blend, crop_cells, region_alone
+from omg_core.ops.placement import PLACEMENTS, PlacementSettings, active_steps, blend, crop_cells, region_alone
 from omg_core.ops.regions import Region, RegionSpec
 
 
@@ -59,7 +59,7 @@ def test_placement_settings_refuse_what_they_cannot_do(kwargs, message):
 
 
 def test_layout_labels_follow_the_box_rule_and_the_first_region_wins():
-    from omg_core.bridge.placement import layout_labels
+    from omg_core.ops.placement import layout_labels
 
     spec = RegionSpec(64, 64, (Region("a", box=(0, 0, 0.5, 0.5)), Region("b", box=(0.25, 0.25, 1, 1))))
     labels = layout_labels(spec, 4, 4).reshape(4, 4)
@@ -69,7 +69,8 @@ def test_layout_labels_follow_the_box_rule_and_the_first_region_wins():
 def test_self_attention_layout_keeps_each_query_within_its_own_area():
     """At strength 1 a query in a box attends only to keys in that box, a background query only to the
     background: the output equals attention restricted to those keys; at strength s the others keep 1 - s."""
-    from omg_core.bridge.placement import LayoutBias, SelfAttentionLayout, layout_bias
+    from omg_core.bridge.placement import LayoutBias, SelfAttentionLayout
+    from omg_core.ops.placement import layout_bias
 
     spec = RegionSpec(64, 64, (Region("a", box=(0, 0, 0.5, 1)),))
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from omg_core.model.concept import Concept
 from omg_core.ops.regions import (
     MAX_REGIONS,
-    PALETTE,
     Region,
     RegionSpec,
     bind_regions,
@@ -27,7 +26,9 @@ from omg_core.ops.regions import (
     rasterize,
     regions_from_widgets,
 )
-from omg_core.render.region_images import colour, render_attention_maps, render_preview
+from omg_core.render.palette import REGION_PALETTE as PALETTE
+from omg_core.render.palette import region_colour as colour
+from omg_core.render.region_images import render_attention_maps, render_preview
 
 
 def boxes_json(*boxes, **extra):

@@ -5,7 +5,8 @@ import math
 import torch
 
 from omg_core.ops.orthogonality import CrossTalkReport
-from omg_core.render.heatmaps import colour, crosstalk_image, heatmap
+from omg_core.render.heatmaps import crosstalk_image, heatmap
+from omg_core.render.palette import scale_colour as colour
 
 
 def _report(n=3):

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 from omg_core.bridge.train_inputs import augment_pool, check_images
 from omg_core.bridge.train_model import Adapter, check_layout, stream_seed
-from omg_core.bridge.train_report import loss_curve_image, trainable_parameters
+from omg_core.bridge.train_report import trainable_parameters
 from omg_core.model.concept import LowRankUpdate
 from omg_core.pipelines.train import TrainConfig, check_output_path
+from omg_core.render.loss_curve import loss_curve_image
 
 
 def _config(**kw) -> TrainConfig:

@@ -1,0 +1,121 @@
+"""Placement methods: how hard OMG Apply Regional Attention pushes each
+concept into its box, on top of confining its prompt there.
+
+Regional attention alone decides *what* each box attends to, but early in
+sampling, when the layout of the image forms, nothing makes an object start
+inside its box: boxes come out empty, objects form across box edges or in the
+background. The methods here act on those early steps only and leave the rest
+of the run to regional attention. One list, ``PLACEMENTS``; the patches that
+carry them out are in ``omg_core.bridge.placement``:
+
+- ``attention``: regional attention only — one UNet pass per step.
+- ``self_attention`` (the self-attention half of DenseDiffusion's layout
+  modulation, Kim et al. 2023): in those early steps a query inside a box
+  attends within its own box, and the background within the background,
+  ``strength`` being the share of attention weight taken from elsewhere (1:
+  none left) — so an object forms where its box is and two boxes do not
+  merge into one blob. One UNet pass; the attention in those steps is
+  computed with a mask.
+- ``latent_composition`` (after MultiDiffusion, Bar-Tal et al. 2023, and the
+  noise blending of OMG, Kong et al. 2024): for the first ``steps`` share of
+  the schedule each box is also denoised on its own, as a crop of the latent
+  with the whole crop given to that region's prompt (routed mode: and only
+  its concept), and the box's prediction is blended into the full pass's by
+  ``strength``. A box the size of an image the model knows then draws one
+  object, centred in the box, and later steps join the pieces. Cost: one
+  extra UNet pass per box, on the box's share of the latent, in those steps.
+
+Sampling with no regions installs nothing, so it stays bit-identical to plain
+sampling. Boxes only: mask regions have no crop and keep plain regional
+attention in every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from omg_core.ops.regions import Region, RegionSpec, box_cells, coverage
+
+PLACEMENTS = ("attention", "self_attention", "latent_composition")
+DEFAULT_PLACEMENT = "latent_composition"  # chosen by the composition benchmark (README, "The toy world")
+
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """``strength`` 0..1: the box prediction's share inside the box;
+    ``steps`` 0..1: the share of the schedule (from the first step) it acts on."""
+
+    method: str = DEFAULT_PLACEMENT
+    strength: float = 1.0
+    steps: float = 0.3
+
+    def __post_init__(self):
+        if self.method not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.method!r}")
+        for name in ("strength", "steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"placement {name} must be a number in 0..1, got {value!r}")
+
+
+def active_steps(sample_sigmas: torch.Tensor | None, sigma: torch.Tensor | None, share: float) -> bool:
+    """Whether the step at ``sigma`` lies in the first ``share`` of the run's
+    schedule ``sample_sigmas`` (falling, the last entry 0). Without a schedule
+    (a caller that is not a sampler) nothing is active."""
+    if sample_sigmas is None or sigma is None or share <= 0:
+        return False
+    steps = len(sample_sigmas) - 1
+    if steps < 1:
+        return False
+    last = min(steps - 1, max(0, math.ceil(share * steps) - 1))  # index of the last active step
+    return float(sigma.reshape(-1)[0]) >= float(sample_sigmas[last]) * (1 - 1e-6)
+
+
+def crop_cells(box: tuple[float, float, float, float], h: int, w: int) -> tuple[int, int, int, int] | None:
+    """The latent cells a box covers (the regions' box rule), None when it covers none."""
+    r0, r1, c0, c1 = box_cells(box, h, w)
+    return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
+
+
+def blend(full: torch.Tensor, crops: Sequence[tuple[tuple[int, int, int, int], torch.Tensor]], strength: float):
+    """``full`` [B, C, H, W] with each crop prediction blended into its cells
+    by ``strength``; where crops overlap they are averaged."""
+    if not crops:
+        return full
+    acc = torch.zeros_like(full)
+    count = torch.zeros(full.shape[-2:], dtype=full.dtype, device=full.device)
+    for (r0, r1, c0, c1), pred in crops:
+        acc[..., r0:r1, c0:c1] += pred
+        count[r0:r1, c0:c1] += 1
+    inside = count > 0
+    mixed = full + strength * (acc / count.clamp(min=1) - full)
+    return torch.where(inside, mixed, full)
+
+
+def region_alone(spec: RegionSpec, index: int) -> RegionSpec:
+    """Region ``index`` covering a whole crop: its pass attends only to its own prompt."""
+    region = spec.regions[index]
+    whole = Region(region.prompt, box=(0.0, 0.0, 1.0, 1.0), negative_prompt=region.negative_prompt)
+    return RegionSpec(spec.width, spec.height, (whole,))
+
+
+def layout_labels(spec: RegionSpec, h: int, w: int) -> torch.Tensor:
+    """[h·w] the region each cell belongs to (the first whose box or mask
+    holds it, by the regions' cell rule; mask cells: coverage above one half),
+    -1 for the background."""
+    labels = torch.full((h, w), -1, dtype=torch.long)
+    for i in reversed(range(len(spec))):
+        labels[coverage(spec.regions[i], h, w) > 0.5] = i
+    return labels.reshape(-1)
+
+
+def layout_bias(labels: torch.Tensor, strength: float) -> torch.Tensor:
+    """[N, N] additive attention bias: 0 between cells of the same region (or
+    both background), ``log(1 - strength)`` elsewhere (-inf at strength 1)."""
+    same = labels[:, None] == labels[None, :]
+    off = math.log(1 - strength) if strength < 1 else -math.inf
+    return torch.where(same, 0.0, off)
