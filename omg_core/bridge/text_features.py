@@ -22,7 +22,6 @@ import torch
 
 from omg_core.bridge.patching import apply_updates
 from omg_core.model.concept import Concept
-from omg_core.ops.concept_set import scaled_layers
 
 DEFAULT_TEMPLATES = (
     "{trigger}",
@@ -134,7 +133,7 @@ def concept_text_features(
     features, labels = {}, {}
     for step, c in enumerate(concepts):
         prompts = concept_prompts(c, templates)
-        te = {k: u for k, u in scaled_layers(c).items() if k in c.text_encoder}
+        te = {k: u for k, u in c.scaled_layers().items() if k in c.text_encoder}
         own = apply_updates(None, base, {}, te)[1] if te else base
         encoded = encode_prompts(own, prompts)
         features[c.name] = torch.cat([rows for rows, _ in encoded])

@@ -56,14 +56,14 @@ def _file_prefix(model_key: str, text_encoder: bool) -> str:
     return base
 
 
-def _update_tensors(prefix: str, update: LayerUpdate, strength: float) -> dict[str, torch.Tensor]:
+def _update_tensors(prefix: str, update: LayerUpdate) -> dict[str, torch.Tensor]:
     """One layer in ComfyUI's adapter naming. ComfyUI scales a LoRA by alpha/rank
     and ignores alpha for Kronecker pairs stored in full, so the scale goes into
     alpha for LoRA and into the first factor (or the difference) otherwise."""
     kind = update_kind(update, f"layer {prefix}")
     if kind not in _WRITERS:
         raise ValueError(f"the native format has no tensor names for a {kind.__name__}; add them to _WRITERS")
-    return _WRITERS[kind](prefix, update, update.scale * strength)
+    return _WRITERS[kind](prefix, update, update.scale)
 
 
 def _lora_tensors(prefix: str, update: LowRankUpdate, scale: float) -> dict[str, torch.Tensor]:
@@ -89,10 +89,10 @@ _WRITERS = {LowRankUpdate: _lora_tensors, KroneckerUpdate: _lokr_tensors, DenseU
 def native_state_dict(concept: Concept) -> dict[str, torch.Tensor]:
     """The tensors of a native file (ComfyUI LoRA names plus bundled embeddings)."""
     out: dict[str, torch.Tensor] = {}
-    for key, update in concept.unet.items():
-        out.update(_update_tensors(_file_prefix(key, text_encoder=False), update, concept.strength))
-    for key, update in concept.text_encoder.items():
-        out.update(_update_tensors(_file_prefix(key, text_encoder=True), update, concept.strength))
+    for key, update in concept.scaled_unet().items():
+        out.update(_update_tensors(_file_prefix(key, text_encoder=False), update))
+    for key, update in concept.scaled_text_encoder().items():
+        out.update(_update_tensors(_file_prefix(key, text_encoder=True), update))
     for emb in concept.embeddings:
         if emb.encoder not in ("clip_l", "clip_g"):
             raise ValueError(f"embedding for {emb.token!r} names encoder {emb.encoder!r}; use 'clip_l' or 'clip_g'")

@@ -71,9 +71,19 @@ class Concept:
     def layers(self) -> dict[str, LayerUpdate]:
         return {**self.unet, **self.text_encoder}
 
+    # The strength is applied here and nowhere else: fusion, patches, routed
+    # regions and the native writer all read these.
     def scaled_unet(self) -> dict[str, LayerUpdate]:
         """UNet updates with the concept strength folded in."""
         return {k: u.scaled(self.strength) for k, u in self.unet.items()}
+
+    def scaled_text_encoder(self) -> dict[str, LayerUpdate]:
+        """Text-encoder updates with the concept strength folded in."""
+        return {k: u.scaled(self.strength) for k, u in self.text_encoder.items()}
+
+    def scaled_layers(self) -> dict[str, LayerUpdate]:
+        """Every layer update (UNet and text encoder) with the concept strength folded in."""
+        return {**self.scaled_unet(), **self.scaled_text_encoder()}
 
 
 def is_cross_attention_kv(key: str) -> bool:

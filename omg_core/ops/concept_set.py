@@ -16,7 +16,7 @@ import torch
 
 from omg_core.families import FAMILIES
 from omg_core.model.concept import Concept
-from omg_core.model.updates import LayerUpdate, as_update, check_update_finite
+from omg_core.model.updates import as_update, check_update_finite
 
 
 def validate_concepts(concepts: Sequence[Concept], what: str = "this") -> list[Concept]:
@@ -71,8 +71,3 @@ def _check_all_finite(concepts: Sequence[Concept]) -> None:
         return
     for c, key, update in entries:
         check_update_finite(key, update, owner=f"concept {c.name!r}")
-
-
-def scaled_layers(concept: Concept) -> dict[str, LayerUpdate]:
-    """Every layer update (UNet and text encoder) with the concept strength folded in."""
-    return {k: u.scaled(concept.strength) for k, u in concept.layers().items()}

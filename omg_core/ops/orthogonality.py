@@ -37,7 +37,7 @@ import torch
 
 from omg_core.model.concept import Concept, is_cross_attention_kv
 from omg_core.model.updates import LayerUpdate, LowRankUpdate
-from omg_core.ops.concept_set import scaled_layers, validate_concepts
+from omg_core.ops.concept_set import validate_concepts
 
 Progress = Callable[[int, int], None] | None
 _REL_TOL = 1e-6
@@ -237,7 +237,7 @@ def cross_talk_report(
     concepts = validate_concepts(concepts, "the orthogonality report")
     names = [c.name for c in concepts]
     feats = {n: _feature_rows(x, n) for n, x in (features or {}).items() if n in names}
-    layers = [scaled_layers(c) for c in concepts]
+    layers = [c.scaled_layers() for c in concepts]
     keys = sorted({k for lay in layers for k in lay})
     _check_feature_widths(concepts, layers, feats)
     n = len(concepts)

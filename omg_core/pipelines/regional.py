@@ -49,9 +49,7 @@ def concept_clip(model, clip, concept: Concept):
     if concept.text_encoder:
         from omg_core.bridge.patching import apply_updates
 
-        _, clip = apply_updates(
-            model, clip, {}, {k: u.scaled(concept.strength) for k, u in concept.text_encoder.items()}
-        )
+        _, clip = apply_updates(model, clip, {}, concept.scaled_text_encoder())
     return clip
 
 

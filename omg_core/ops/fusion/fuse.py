@@ -1,38 +1,5 @@
-"""Fuse several concepts into one set of layer updates.
-
-Three methods, all solved without iterating:
-
-* ``additive`` — the exact sum. Low-rank updates of a layer are concatenated
-  (up = [s1·B1 | s2·B2 | …], down = [A1; A2; …]) into one low-rank update, so
-  no dense matrix is formed; dense updates are summed; LoKr updates are kept
-  as they are, side by side. This is what orthogonal concepts need.
-* ``least_squares`` — Mix-of-Show's gradient fusion, solved in closed form per
-  layer: minimise Σ_i ‖(W − W_i) X_i‖² + λ‖W − W0‖² over the concepts' input
-  features X_i. It is solved for the *change* ΔW = W − W0:
-  ΔW = (Σ ΔW_i C_i)(Σ C_i + λI)⁻¹, C_i = X_i X_iᵀ, never for W itself (which
-  would pull the base weight towards zero wherever no feature points), so any
-  direction orthogonal to every feature keeps its base behaviour.
-* ``constrained`` — Custom Diffusion's closed form: each concept's k/v on its
-  own features are kept exactly (ΔW X = T) while ΔW stays as small as possible
-  on regularisation features (min ‖ΔW X_reg‖² + μ‖ΔW‖²).
-
-Features. On UNet cross-attention k/v layers X_i are the text features of
-prompts containing concept i's trigger (the node encodes them with the
-CLIP); on every other layer — and everywhere when no text features are given
-— X_i is an orthonormal basis of concept i's own input subspace. Features
-that several prompts or concepts share (BOS, "a photo of", …) would otherwise
-be fitted once per occurrence and dominate; they are de-duplicated (rows
-within 1 % of each other count as one): each distinct row is fitted once,
-towards the mean of the targets of the concepts that use it (the same
-optimum as weighting each occurrence by 1/count).
-
-With low-rank concepts, both closed forms are themselves exactly low-rank:
-ΔW = [s1·B1 | …] · K G with K = stacked Aᵢ-projections of the features and G
-the solved [features, in] map, so results stay factored (rank Σ rᵢ). Layers
-with a LoKr or dense concept become ``DenseUpdate``. A layer that only one
-concept touches and that no text features reach keeps that concept's update
-(the fit would reproduce it); ``FusionResult.summary`` says what was done where.
-"""
+"""``fuse``: every layer of the concepts fused by one method (``methods``), with
+the fidelity, constraint residual and drift measured on the features."""
 
 from __future__ import annotations
 
@@ -43,127 +10,14 @@ from dataclasses import dataclass, field
 import torch
 
 from omg_core.model.concept import Concept, TokenEmbedding, is_cross_attention_kv
-from omg_core.model.updates import (
-    DenseUpdate,
-    LayerPatch,
-    LayerUpdate,
-    LowRankUpdate,
-    as_update_list,
-    combine_updates,
-    promote_dtype,
-)
-from omg_core.ops.concept_set import scaled_layers, validate_concepts
+from omg_core.model.updates import DenseUpdate, LayerPatch, LayerUpdate, LowRankUpdate, as_update_list, promote_dtype
+from omg_core.ops.concept_set import validate_concepts
+from omg_core.ops.fusion.features import TEXT_DEDUPE_TOL, FeatureSet, dedupe_features
+from omg_core.ops.fusion.layers import add_updates, patch_apply
+from omg_core.ops.fusion.methods import FUSION_METHODS
 from omg_core.ops.orthogonality import input_subspace
 
-FUSION_METHODS = ("additive", "least_squares", "constrained")
-# Text-feature rows closer than this (relative distance) are one feature: the
-# "a photo of" rows of two concepts differ only by what their text-encoder
-# updates do to them, and fitting both exactly would blow up ΔW along their
-# tiny difference.
-TEXT_DEDUPE_TOL = 1e-2
 Progress = Callable[[int, int], None] | None
-
-
-# --------------------------------------------------------------- layer patches
-def patch_apply(patch: LayerPatch, x: torch.Tensor) -> torch.Tensor:
-    """ΔW x for a layer patch (one update or several summed), without forming ΔW."""
-    return sum(u.apply(x) for u in as_update_list(patch))
-
-
-def update_dense(update: LayerUpdate, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """ΔW as an [out, in] matrix, by default in float64 (the updates' own ``dense()`` defaults to float32)."""
-    return update.dense(dtype)
-
-
-def patch_dense(patch: LayerPatch, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The summed [out, in] matrix of a layer patch; for small layers, tests and SVD."""
-    return sum(update_dense(u, dtype) for u in as_update_list(patch))
-
-
-def add_updates(updates: Sequence[LayerUpdate]) -> LayerPatch:
-    """The exact sum of one layer's updates, kept factored (a kind it does not know raises)."""
-    return combine_updates(updates)
-
-
-# --------------------------------------------------------------- features
-@dataclass(frozen=True)
-class FeatureSet:
-    """The distinct feature rows a layer is fitted on, and who uses each.
-
-    ``membership[i, r]`` is the share of row r's occurrences that belong to
-    concept i (columns sum to 1): row r is fitted towards
-    Σ_i membership[i, r] · ΔW_i x_r.
-    """
-
-    rows: torch.Tensor  # [m, n] float64
-    membership: torch.Tensor  # [N, m] float64
-    given: tuple[int, ...]  # rows given per concept
-    labels: tuple[str, ...] = ()
-
-    def shared(self) -> torch.Tensor:
-        """Rows used by more than one concept."""
-        return (self.membership > 0).sum(0) > 1
-
-    def owned(self, i: int) -> torch.Tensor:
-        return self.membership[i] > 0
-
-
-def dedupe_features(
-    per_concept: Sequence[torch.Tensor | None],
-    labels: Sequence[Sequence[str] | None] | None = None,
-    tol: float = 1e-4,
-) -> FeatureSet:
-    """Collapse rows that are equal within ``tol`` (relative) across all concepts and prompts."""
-    n_concepts = len(per_concept)
-    blocks, owners, names = [], [], []
-    for i, x in enumerate(per_concept):
-        if x is None or x.shape[0] == 0:
-            continue
-        blocks.append(x.double())
-        owners += [i] * x.shape[0]
-        lab = labels[i] if labels is not None and labels[i] is not None else None
-        names += list(lab) if lab is not None else [""] * x.shape[0]
-    if not blocks:
-        raise ValueError("no feature rows to fit; give each concept at least one prompt")
-    allrows = torch.cat(blocks)
-    norms = allrows.norm(dim=1)
-    # cdist's matrix-product shortcut (used above 25 rows) leaves a row ~1e-8 from itself, more
-    # than a tight tol: then a row matched nothing, not even itself, and its membership was 0/0.
-    distance = torch.cdist(allrows, allrows, compute_mode="donot_use_mm_for_euclid_dist")
-    close = distance <= tol * torch.maximum(norms[:, None], norms[None, :]).clamp(min=1e-30)
-    close.fill_diagonal_(True)
-    rep = torch.full((allrows.shape[0],), -1, dtype=torch.long)
-    uniques = []
-    for r in range(allrows.shape[0]):
-        if rep[r] >= 0:
-            continue
-        members = close[r] & (rep < 0)
-        rep[members] = len(uniques)
-        uniques.append(r)
-    counts = torch.zeros(n_concepts, len(uniques), dtype=torch.float64)
-    counts.index_put_((torch.tensor(owners), rep), torch.ones(len(owners), dtype=torch.float64), accumulate=True)
-    membership = counts / counts.sum(0, keepdim=True)
-    given = tuple(int(x.shape[0]) if x is not None else 0 for x in per_concept)
-    return FeatureSet(allrows[uniques], membership, given, tuple(names[r] for r in uniques))
-
-
-def _solve_map(method: str, rows: torch.Tensor, lam: float, reg: torch.Tensor | None) -> torch.Tensor:
-    """G [m, n] such that the fused layer is ΔW = T G for targets T [out, m]."""
-    m, n = rows.shape
-    gram = rows @ rows.T
-    if method == "least_squares":
-        if lam > 0:
-            lam_eff = lam * float(gram.trace()) / m  # relative to the mean feature energy
-            return torch.linalg.solve(gram + lam_eff * torch.eye(m, dtype=gram.dtype), rows)
-        return torch.linalg.pinv(rows.T)
-    # constrained: minimise ‖ΔW X_reg‖² + μ‖ΔW‖² subject to ΔW X = T.
-    if reg is None or reg.shape[0] == 0:
-        c = torch.eye(n, dtype=rows.dtype)
-    else:
-        r = reg.T @ reg / reg.shape[0]
-        c = r + max(lam, 1e-9) * float(r.trace()) / n * torch.eye(n, dtype=rows.dtype)
-    cinv_xt = torch.cholesky_solve(rows.T, torch.linalg.cholesky(c))  # [n, m]
-    return torch.linalg.pinv(rows @ cinv_xt, hermitian=True) @ cinv_xt.T
 
 
 class _Fit:
@@ -298,6 +152,7 @@ def fuse(
         raise ValueError(f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}")
     if not (math.isfinite(regularization) and regularization >= 0):
         raise ValueError(f"regularization must be a finite number >= 0 (got {regularization})")
+    chosen = FUSION_METHODS[method]
     concepts = validate_concepts(concepts, "fuse")
     names = [c.name for c in concepts]
     text = _text_features(names, features)
@@ -307,7 +162,7 @@ def fuse(
             f"regularisation features are {reg.shape[1]}-dimensional but the text features are "
             f"{text[0].shape[1]}-dimensional; encode both with the same CLIP"
         )
-    layers = [scaled_layers(c) for c in concepts]
+    layers = [c.scaled_layers() for c in concepts]
     te_keys = {k for c in concepts for k in c.text_encoder}
     keys = sorted({k for lay in layers for k in lay})
     width = None if text is None else text[0].shape[1]
@@ -323,21 +178,21 @@ def fuse(
         updates = [lay.get(key) for lay in layers]
         present = [u for u in updates if u is not None]
         uses_text = text is not None and is_cross_attention_kv(key) and present[0].in_features == width
-        if method == "additive" or (len(present) == 1 and not uses_text):
+        if chosen.solve_map is None or (len(present) == 1 and not uses_text):
             fused = add_updates(present)
             result.summed_layers.append(key)
         else:
             if uses_text:
                 if fit_text is None:
-                    fit_text = _Fit(fs_text, _solve_map(method, fs_text.rows, regularization, reg))
+                    fit_text = _Fit(fs_text, chosen.solve_map(fs_text.rows, regularization, reg))
                 fit = fit_text
                 result.fitted_text_layers.append(key)
             else:
                 fs = _subspace_features(updates)
-                fit = _Fit(fs, _solve_map(method, fs.rows, regularization, None))
+                fit = _Fit(fs, chosen.solve_map(fs.rows, regularization, None))
                 result.fitted_subspace_layers.append(key)
             fused = _fit_layer(updates, fit, present[0])
-            if method == "constrained" and measure:
+            if chosen.exact_on_features and measure:
                 residuals.append(_residual(fused, updates, fit.fs))
         (result.text_encoder if key in te_keys else result.unet)[key] = fused
         if progress is not None:
@@ -360,7 +215,7 @@ def fidelity_errors(
     names = [c.name for c in concepts]
     text = _text_features(names, features)
     width = None if text is None else text[0].shape[1]
-    return _fidelity(result, [scaled_layers(c) for c in concepts], names, text, width)
+    return _fidelity(result, [c.scaled_layers() for c in concepts], names, text, width)
 
 
 def drift(
@@ -374,7 +229,7 @@ def drift(
     names = [c.name for c in concepts]
     text = _text_features(names, features)
     rows = _rows(unrelated, "unrelated features")
-    return _drift(result, [scaled_layers(c) for c in concepts], text, rows, text[0].shape[1])
+    return _drift(result, [c.scaled_layers() for c in concepts], text, rows, text[0].shape[1])
 
 
 def _rows(x: torch.Tensor, what: str) -> torch.Tensor:
