@@ -33,7 +33,13 @@ it governs everything outside the boxes, and naming the objects there draws
 them there too (on base-object pairs: both in their boxes 0.53 with an empty
 global prompt, 0.25 with the caption). ``no_regions`` has only the caption.
 
-Placement methods (``omg_core.bridge.placement``) are methods of their own here:
+``base_objects`` and ``base_objects_lc`` ask for base objects ("a red
+circle") in the boxes, with regional attention alone and with latent
+composition, and load no concept: the toy model's own ceiling. When they fall
+short, the base model (or the method) limits placement; when they succeed
+and the concept methods do not, concept fidelity does.
+
+Placement methods (``omg_core.ops.placement``) are methods of their own here:
 ``regional_routed_lc`` and ``regional_additive_lc`` add early-step latent
 composition to the routed and the fused regional methods, ``regional_routed_sa``
 the self-attention layout to the routed one.
@@ -86,7 +92,8 @@ class Method:
     concepts: str  # "orthogonal" | "plain"
     fusion: str | None  # fuse() method for the weights, None: base weights
     conditioning: str  # "global" | "fused" | "routed" | "area"
-    placement: str = "attention"  # omg_core.bridge.placement.PLACEMENTS (regional methods)
+    placement: str = "attention"  # omg_core.ops.placement.PLACEMENTS (regional methods)
+    objects: str = "concepts"  # "concepts": the personal concepts; "base": base objects, no concept at all
 
 
 METHODS: tuple[Method, ...] = (
@@ -99,6 +106,8 @@ METHODS: tuple[Method, ...] = (
     Method("regional_additive_lc", "orthogonal", "additive", "fused", "latent_composition"),
     Method("regional_routed_lc", "orthogonal", None, "routed", "latent_composition"),
     Method("regional_routed_sa", "orthogonal", None, "routed", "self_attention"),
+    Method("base_objects", "orthogonal", None, "fused", objects="base"),
+    Method("base_objects_lc", "orthogonal", None, "fused", "latent_composition", objects="base"),
 )
 METHOD_NAMES = tuple(m.name for m in METHODS)
 
@@ -375,7 +384,7 @@ class Bench:
         return [lay for lay in st.layouts if len(lay) == n]
 
     # ---------------------------------------------------------------- measurements
-    def scenes(self, n: int) -> list[tuple[tuple[BoxN, ...], tuple[str, ...], int]]:
+    def scenes(self, n: int, objects: str = "concepts") -> list[tuple[tuple[BoxN, ...], tuple[str, ...], int]]:
         """(boxes, concepts, images) of each batch for ``n`` concepts: on fixed layouts up to
         ``max_assignments`` seeded assignments of concepts to boxes; on a list of layouts one
         assignment each (or the one a layout names), the images shared out over the layouts."""
@@ -383,20 +392,22 @@ class Bench:
         layouts = self.layouts(n)
         if not layouts:
             return []
+        pool = self.names if objects == "concepts" else list(S.BASE_OBJECTS)
         if st.layouts is None:
-            chosen = assignments(self.names, n, st.max_assignments, st.seed)
+            chosen = assignments(pool, n, st.max_assignments, st.seed)
             per = max(1, math.ceil(st.scenes_per_count / len(chosen)))
             return [(layouts[0].boxes, labels, per) for labels in chosen]
         per = max(1, math.ceil(st.scenes_per_count / len(layouts)))
-        picks = assignments(self.names, n, len(layouts), st.seed)
-        return [(lay.boxes, lay.concepts or picks[i % len(picks)], per) for i, lay in enumerate(layouts)]
+        picks = assignments(pool, n, len(layouts), st.seed)
+        named = objects == "concepts"  # a layout's own concepts are personal ones
+        return [(lay.boxes, (named and lay.concepts) or picks[i % len(picks)], per) for i, lay in enumerate(layouts)]
 
     def compositions(self, method: Method, n: int, result: MethodResult, keep: list, progress=None) -> None:
         st = self.settings
         success, company, bleed = Rate(), Rate(), Rate()
         outcomes = {k: Rate() for k in OUTCOMES}
         strays, stray_images = Rate(), Rate()
-        for a, (boxes, labels, per) in enumerate(self.scenes(n)):
+        for a, (boxes, labels, per) in enumerate(self.scenes(n, method.objects)):
             seed = st.seed + 1000 * n + a
             # Timed against a plain batch of the same size, interleaved, so machine load hits both alike.
             started = time.perf_counter()
@@ -473,7 +484,8 @@ class Bench:
                 self.compositions(method, n, result, keep)
                 if progress:
                     progress(f"{name}: {n} concepts: success {result.success[n]}")
-            self.alone(method, result)
+            if method.objects == "concepts":
+                self.alone(method, result)
             key = (method.concepts, method.fusion)
             if key not in drift_cache:
                 drift_cache[key] = self.prior(method) if method.fusion else base_found
@@ -508,7 +520,7 @@ def format_table(result: BenchResult) -> str:
     for name, r in result.methods.items():
         row = [name] + [str(r.success[n]) for n in counts] + [str(r.in_company[n]) for n in counts]
         row += [str(r.bleed[n]) for n in counts] + [_per_image(r.strays[n]) for n in counts]
-        row += [str(r.alone), str(r.drift_accuracy), str(r.drift_changed), f"{r.cost:.2f}x"]
+        row += [str(r.alone) if r.alone.n else "-", str(r.drift_accuracy), str(r.drift_changed), f"{r.cost:.2f}x"]
         rows.append(row)
     lines = _markdown(head, rows)
     lines.append(
@@ -522,9 +534,11 @@ def format_table(result: BenchResult) -> str:
             rows.append(row + [_per_image(r.strays[n]), str(r.stray_images[n])])
     lines += ["", "What each box held (share of boxes) and stray objects outside every box:", ""]
     lines += _markdown(["method", "n", *OUTCOMES, "strays/img", "images with strays"], rows)
-    names = sorted({c for r in result.methods.values() for c in r.per_concept} | set())
+    names = sorted({c for r in result.methods.values() for c in r.per_concept if c in S.PERSONAL_OBJECTS})
     rows = []
     for name, r in result.methods.items():
+        if not any(c in r.per_concept for c in names):
+            continue  # a base-object method
         cells = [f"{r.per_concept[c]} / {r.alone_per_concept.get(c, Rate())}" for c in names if c in r.per_concept]
         rows.append([name, *cells])
     if names:
@@ -538,7 +552,8 @@ def grid_image(result: BenchResult, path: Path, cell: int = 256) -> Path:
     labelled with the concept asked for, and "? <what the detector saw>" where it differs."""
     from PIL import Image, ImageDraw
 
-    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+    from omg_core.render.palette import REGION_PALETTE as palette
+
     size, label_w = cell, 150
     names = list(result.samples)
     cols = max(len(v) for v in result.samples.values()) if names else 1

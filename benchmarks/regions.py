@@ -7,7 +7,7 @@ CPU at 256×256 and 512×512 (one torch thread by default): plain, with the pack
 2/4/8 boxes, and with the attention-couple approach implemented here for
 comparison (every region attends with the full image's queries, repeated per
 region, and the outputs are summed under the masks), and with each placement
-method (``omg_core.bridge.placement``) on a step where it acts. The ratio to plain is
+method (``omg_core.ops.placement``) on a step where it acts. The ratio to plain is
 taken on the process's CPU time per step, which other processes on a shared
 machine disturb far less than wall-clock time (both are printed).
 Configurations are interleaved round by round and the median per

@@ -432,7 +432,7 @@ def apply_regional_attention(
 ):
     """A clone of ``model`` whose every cross-attention block does regional
     attention; ``prompts[i]`` holds region i's text features. ``placement``
-    adds an early-step placement method (``omg_core.bridge.placement``). In routed mode
+    adds an early-step placement method (``omg_core.ops.placement``). In routed mode
     ``bindings[i]`` is the concept whose k/v update region i gets (or None).
     ``global_layers`` [L, T, D]: the global prompt's per-layer encodings
     (``omg_core.ops.layerwise``), read by block ``order`` i in place of the

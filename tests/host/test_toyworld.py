@@ -98,7 +98,7 @@ def test_external_format_files_hold_the_same_concept(toyworld, bench_concepts, f
 
 
 def test_composition_benchmark_runs_every_method_end_to_end(toyworld, detector, bench_concepts, tmp_path):
-    from benchmarks.composition import METHOD_NAMES, QUICK, Bench, format_table, grid_image
+    from benchmarks.composition import METHOD_NAMES, METHODS, QUICK, Bench, format_table, grid_image
 
     model, clip, vae = toyworld
     result = Bench(model, clip, vae, detector, *bench_concepts, QUICK).run()
@@ -108,7 +108,12 @@ def test_composition_benchmark_runs_every_method_end_to_end(toyworld, detector, 
             assert r.success[n].n == QUICK.scenes_per_count and r.in_company[n].n == QUICK.scenes_per_count * n
             lo, hi = r.success[n].interval()
             assert 0 <= lo <= r.success[n].p <= hi <= 1
-        assert r.alone.n == len(S.PERSONAL_OBJECTS) * QUICK.alone_seeds
+    for m in METHODS:
+        # base-object methods load no concept, so there is no concept to see alone
+        alone = len(S.PERSONAL_OBJECTS) * QUICK.alone_seeds if m.objects == "concepts" else 0
+        assert result.methods[m.name].alone.n == alone
+        if m.objects == "base":
+            assert not set(result.methods[m.name].per_concept) & set(S.PERSONAL_OBJECTS)
     table = format_table(result)
     assert all(name in table for name in METHOD_NAMES)
     path = grid_image(result, tmp_path / "grid.png")
