@@ -1,10 +1,11 @@
-"""Benchmark: k/v-only versus all-attention LoRA training, per step and in memory.
+"""Benchmark: k/v-only versus all-attention LoRA training, and the adapter forms
+(lora, svd, kronecker) on the k/v layers, per step and in memory.
 
     python -m benchmarks.training [--quick]
 
 Trains the tiny SD1.5 checkpoint (``omg_core.toyworld.tiny_checkpoints``) with ComfyUI
-in this process on the CPU, once per target, each in a fresh child process so
-that one run's memory does not hide the other's. Time per step is the median
+in this process on the CPU, once per target and once per form, each in a fresh
+child process so that one run's memory does not hide the other's. Time per step is the median
 over the steps after the warm-up. Memory is the bytes autograd keeps for the
 backward pass per step (what training adds to inference at a given batch),
 and the resident-memory peak of the whole run above the loaded model.
@@ -117,7 +118,7 @@ def synthetic_images(n: int, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def run_child(target: str, steps: int, warmup: int, size: int, rank: int, threads: int) -> dict:
+def run_child(target: str, form: str, steps: int, warmup: int, size: int, rank: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     _boot()
     import comfy.sd
@@ -132,7 +133,7 @@ def run_child(target: str, steps: int, warmup: int, size: int, rank: int, thread
     layers = target_layers(model.model.diffusion_model, target)
     shapes = {k: (m.out_features, m.in_features) for k, m in layers.items()}
     config = TrainConfig(
-        trigger="omgbench", class_word="ball", steps=steps, learning_rate=1e-3, rank=rank, target=target
+        trigger="omgbench", class_word="ball", steps=steps, learning_rate=1e-3, rank=rank, target=target, form=form
     )
     meter = _StepMeter(model.model)
     with _PeakRSS() as rss, torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
@@ -141,18 +142,20 @@ def run_child(target: str, steps: int, warmup: int, size: int, rank: int, thread
     skip = max(0, warmup - 1)  # step 1 is never timed
     return {
         "target": target,
+        "form": form,
         "layers": len(layers),
-        "trainable": trainable_parameters(shapes, rank, target, "basis"),
+        "trainable": trainable_parameters(shapes, rank, target, "basis", form),
         "wall_s": statistics.median(meter.wall[skip:]),
         "cpu_s": statistics.median(meter.cpu[skip:]),
         "saved_mb": max(meter.saved_mb),
         "peak_mb": (rss.peak - baseline) / 2**20,
         "threads": torch.get_num_threads(),
+        "rank": rank,
     }
 
 
-def _spawn(target: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.training", "--child", target]
+def _spawn(target: str, args: argparse.Namespace, form: str = "lora") -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.training", "--child", f"{target}:{form}"]
     cmd += [
         "--steps",
         str(args.steps),
@@ -162,16 +165,20 @@ def _spawn(target: str, args: argparse.Namespace) -> dict:
         str(args.size),
         "--rank",
         str(args.rank),
+        "--threads",
+        str(args.threads),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_MARK):
             return json.loads(line[len(_MARK) :])
-    raise RuntimeError(f"benchmark child for {target} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    raise RuntimeError(f"benchmark child for {target}/{form} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="k/v-only versus all-attention LoRA training cost (CPU, tiny SD1.5)")
+    p = argparse.ArgumentParser(
+        description="k/v-only versus all-attention LoRA training cost, and the adapter forms (CPU, tiny SD1.5)"
+    )
     p.add_argument("--quick", action="store_true", help="few steps on 32x32 images (a smoke run)")
     p.add_argument("--steps", type=int, help="training steps per target (default 12, quick 4)")
     p.add_argument("--warmup", type=int, help="steps not timed (default 2, quick 1)")
@@ -183,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch CPU threads (default 1: waiting threads spin and inflate CPU time)",
     )
-    p.add_argument("--child", choices=("kv", "attention"), help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)  # "target:form" of one child run
     args = p.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 12)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.size = args.size or (32 if args.quick else 64)
     if args.child:
-        result = run_child(args.child, args.steps, args.warmup, args.size, args.rank, args.threads)
+        target, form = args.child.split(":")
+        result = run_child(target, form, args.steps, args.warmup, args.size, args.rank, args.threads)
         print(_MARK + json.dumps(result), flush=True)
         return 0
 
@@ -221,7 +229,31 @@ def main(argv: list[str] | None = None) -> int:
         "(medians over the timed steps; 'saved for backward': activations autograd holds per step; "
         f"'run peak MB': above the loaded model, including the trainable weight copy; torch threads {kv['threads']})"
     )
+    print()
+    print(_forms_table([kv, _spawn("kv", args, "svd"), _spawn("kv", args, "kronecker")]))
     return 0
+
+
+# Rank of one layer's ΔW per form at rank r: lora and svd r, kronecker rank(w1)·rank(w2) = 8·r.
+_DELTA_RANK = {"lora": lambda r: r, "svd": lambda r: r, "kronecker": lambda r: 8 * r}
+
+
+def _forms_table(rows: list[dict]) -> str:
+    """The adapter forms side by side on the k/v layers, each against lora."""
+    lora = rows[0]
+    lines = [
+        "adapter forms on the k/v layers (same steps, images and seed; ratios to lora)",
+        f"{'form':<10} {'trainable':>10} {'rank ΔW':>8} {'wall s/step':>12} {'CPU s/step':>11} "
+        f"{'saved for backward MB':>22} {'run peak MB':>12} {'params':>7} {'CPU time':>9} {'backward':>9}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['form']:<10} {r['trainable']:>10,} {_DELTA_RANK[r['form']](r['rank']):>8} {r['wall_s']:>12.3f} "
+            f"{r['cpu_s']:>11.3f} {r['saved_mb']:>22.2f} {r['peak_mb']:>12.1f} "
+            f"{r['trainable'] / lora['trainable']:>7.3f} {r['cpu_s'] / lora['cpu_s']:>9.3f} "
+            f"{r['saved_mb'] / lora['saved_mb']:>9.3f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

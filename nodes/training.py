@@ -6,11 +6,23 @@ import os
 
 from comfy_api.latest import io, ui
 
-from omg_core.pipelines.train import TrainConfig, check_output_path, train_to_file
+from omg_core.model.forms import FORMS
+from omg_core.ops.pruning import prune_concepts
+from omg_core.pipelines.fuse import concept_list
+from omg_core.pipelines.train import TrainConfig, check_form, check_output_path, train_to_file
 
+from .types import Concepts
 from .validation import checked, numbers_in_range
 
 TARGET_CHOICES = {"cross-attn k/v": "kv", "all attention": "attention"}
+_FORM_TOOLTIP = (
+    "The adapter's shape; every form is k/v-only and reads its slot of the shared basis, so concepts in "
+    "different slots stay orthogonal. lora: up x slot rows (rank r). svd (TriLoRA): U x diag(sigma) x slot "
+    "rows with U orthonormal, so OMG Prune Concept Rank can drop small sigma later; saved as a plain LoRA. "
+    "kronecker (DiffuseKronA): w1 (8x8) kron (U x slot rows of the context/8-wide factor), rank 8r from "
+    "about a seventh of lora's parameters; saved as a LyCORIS LoKr. kronecker slots are their own (24 at "
+    "rank 4 on SD1.5, 64 on SDXL) and orthogonal to other kronecker concepts only. Needs target cross-attn k/v."
+)
 
 
 def _lora_path(filename: str) -> tuple[str, str]:
@@ -49,7 +61,8 @@ class OMGTrainConcept(io.ComfyNode):
             category="OMG/training",
             description=(
                 "Trains a concept as a LoRA on the UNet cross-attention k/v layers whose down-projections are a "
-                "slot of the shared orthogonal basis, so concepts trained in different slots can be added together. "
+                "slot of the shared orthogonal basis, so concepts trained in different slots can be added together "
+                "(form: also as TriLoRA's U·diag(σ)·Vᵀ or DiffuseKronA's Kronecker product, orthogonal the same way). "
                 "Saves it into the loras folder (loads with OMG Load Concept and with LoraLoader). Interrupting "
                 "keeps the progress: queue again with the same settings to continue."
             ),
@@ -73,9 +86,16 @@ class OMGTrainConcept(io.ComfyNode):
                     max=1.0,
                     step=1e-5,
                     round=1e-7,
-                    tooltip="AdamW learning rate of the up-projections (and of the trigger embedding).",
+                    tooltip="AdamW learning rate of the trained factors (and of the trigger embedding).",
                 ),
-                io.Int.Input("rank", default=4, min=1, max=128, tooltip="LoRA rank per layer."),
+                io.Int.Input(
+                    "rank",
+                    default=4,
+                    min=1,
+                    max=128,
+                    tooltip="Rank per layer: basis rows per slot (kronecker form: of its slot factor; its update "
+                    "then has rank 8 x this).",
+                ),
                 io.Int.Input(
                     "basis_seed",
                     default=0,
@@ -89,7 +109,8 @@ class OMGTrainConcept(io.ComfyNode):
                     min=0,
                     max=4096,
                     tooltip="Which block of basis rows this concept reads from: give every concept its own slot. "
-                    "Up to (768 // rank) slots on SD1.5 k/v layers.",
+                    "Up to (768 // rank) slots on SD1.5 k/v layers (kronecker form: 96 // rank; SDXL 2048 // rank "
+                    "and 256 // rank).",
                 ),
                 io.Int.Input(
                     "seed", default=0, min=0, max=2**63 - 1, tooltip="Seed of the noise, timesteps and augmentations."
@@ -124,6 +145,7 @@ class OMGTrainConcept(io.ComfyNode):
                     tooltip="Optional class images (any cat, for 'cat'), trained with the plain class prompt so the "
                     "model keeps its idea of the class.",
                 ),
+                io.Combo.Input("form", options=list(FORMS), default="lora", optional=True, tooltip=_FORM_TOOLTIP),
             ],
             outputs=[
                 io.String.Output(display_name="filename", tooltip="The saved file, relative to the loras folder."),
@@ -132,10 +154,18 @@ class OMGTrainConcept(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, learning_rate=None, filename=None, overwrite=False) -> bool | str:
+    def validate_inputs(cls, learning_rate=None, filename=None, overwrite=False, form=None, target=None) -> bool | str:
         numbers = numbers_in_range(cls, learning_rate=learning_rate)
-        if numbers is not True or filename is None:
+        if numbers is not True:
             return numbers
+        if target is not None and TARGET_CHOICES.get(target, target) not in TARGET_CHOICES.values():
+            return f"target {target!r} is unknown; use one of {', '.join(TARGET_CHOICES)}"
+        if form is not None:
+            shape = checked(check_form, form, TARGET_CHOICES.get(target, target or "kv"))
+            if shape is not True:
+                return shape
+        if filename is None:
+            return True
         return checked(lambda: check_output_path(_lora_path(filename)[0], bool(overwrite)))
 
     @classmethod
@@ -158,6 +188,7 @@ class OMGTrainConcept(io.ComfyNode):
         filename: str,
         overwrite: bool = False,
         prior_images=None,
+        form: str = "lora",
     ) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -175,6 +206,7 @@ class OMGTrainConcept(io.ComfyNode):
             target=TARGET_CHOICES.get(target, target),
             learn_embedding=learn_embedding,
             name=os.path.splitext(os.path.basename(name))[0],
+            form=form,
         )
         bar = comfy.utils.ProgressBar(steps)
 
@@ -199,4 +231,55 @@ class OMGTrainConcept(io.ComfyNode):
         return io.NodeOutput(name, curve, ui=ui.PreviewImage(curve, cls=cls))
 
 
-NODES: list = [OMGTrainConcept]
+class OMGPruneConceptRank(io.ComfyNode):
+    """A node of its own rather than an input of OMG Save Fused LoRA: pruning
+    acts per concept, before anything combines them, so its result feeds every
+    consumer (fusion, routed regions, the orthogonality report, Save Fused LoRA)
+    and one concept's large singular values never decide what another keeps, as
+    a threshold on a fused layer would."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OMGPruneConceptRank",
+            display_name="OMG Prune Concept Rank",
+            category="OMG/training",
+            description=(
+                "Drops each low-rank layer's singular values below a share of its largest, and reports how much of "
+                "each concept's update is kept (relative Frobenius norm, per layer and overall). Concepts trained in "
+                "the svd form keep their basis rows exactly; other LoRAs are decomposed exactly first. The input "
+                "subspace only shrinks, so orthogonal concepts stay orthogonal. Kronecker and dense layers pass "
+                "through unchanged."
+            ),
+            inputs=[
+                Concepts.Input("concepts", tooltip="Concepts from OMG Load Concept."),
+                io.Float.Input(
+                    "threshold",
+                    default=0.05,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    tooltip="Share of each layer's largest singular value under which a singular value is dropped "
+                    "(0 keeps everything, 1 keeps rank 1).",
+                ),
+            ],
+            outputs=[
+                Concepts.Output(
+                    display_name="concepts", tooltip="The pruned concepts (strength, triggers and embeddings kept)."
+                ),
+                io.String.Output(display_name="report", tooltip="Rank before and after, and ‖ΔW‖ kept, per layer."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, threshold=None) -> bool | str:
+        return numbers_in_range(cls, threshold=threshold)
+
+    @classmethod
+    def execute(cls, concepts, threshold: float) -> io.NodeOutput:
+        result = prune_concepts(concept_list(concepts), threshold)
+        text = result.table()
+        return io.NodeOutput(result.concepts, text, ui={"text": [text]})
+
+
+NODES: list = [OMGTrainConcept, OMGPruneConceptRank]

@@ -20,6 +20,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    from omg_core.model.forms import FORMS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="SD1.5 or SDXL checkpoint (.safetensors)")
     p.add_argument("--images", required=True, type=Path, help="folder with images of the concept")
@@ -36,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--basis-seed", type=int, default=0, help="seed of the shared basis (same for all concepts)")
     p.add_argument("--slot", type=int, default=0, help="basis slot of this concept (different per concept)")
     p.add_argument("--target", choices=("kv", "attention"), default="kv", help="layers to adapt (default kv)")
+    p.add_argument(
+        "--form",
+        choices=FORMS,
+        default="lora",
+        help="adapter form (default lora): svd = U·diag(σ)·basis rows (prunable, saved as a LoRA); kronecker = "
+        "8x8 ⊗ (U·basis rows) (saved as a LoKr); every form k/v-only and orthogonal across slots",
+    )
     p.add_argument("--learn-embedding", action="store_true", help="also learn a trigger-word embedding")
     p.add_argument("--prior-images", type=Path, help="folder with class images for prior preservation")
     p.add_argument("--resolution", type=int, default=512, help="images are resized and center-cropped to this")
@@ -91,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         target=args.target,
         learn_embedding=args.learn_embedding,
         name=args.out.stem,
+        form=args.form,
     )
     try:
         config.validate()
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.resumed_from:
         print(f"continued from step {result.resumed_from}")
     print(
-        f"saved {args.out}  ({len(result.concept.unet)} layers, rank {config.rank}, slot {config.slot}; "
+        f"saved {args.out}  ({len(result.concept.unet)} layers, {config.form} rank {config.rank}, slot {config.slot}; "
         f"probe loss {result.probe_loss_start:.4f} -> {result.probe_loss_end:.4f}, {result.seconds:.0f} s)"
     )
     return 0

@@ -24,6 +24,15 @@ import torch.nn.functional as F
 from omg_core.bridge.family import model_family, unsupported_model_message
 from omg_core.families import KV_SUFFIXES, Family
 from omg_core.model.basis import basis_rows, max_slots
+from omg_core.model.forms import (
+    FORMS,
+    kronecker_shape,
+    kronecker_update,
+    orthonormal_columns,
+    slot_width,
+    svd_update,
+)
+from omg_core.model.updates import LayerUpdate, LowRankUpdate
 
 TARGETS = ("kv", "attention")
 DOWN_MODES = ("basis", "free")
@@ -64,25 +73,38 @@ def training_family(model) -> Family:
     return family
 
 
-def check_layout(layers: dict[str, torch.nn.Module], rank: int, slot: int, down: str) -> None:
-    """Rank and slot must fit every adapted layer; say which limit was hit."""
-    smallest = min(min(m.in_features, m.out_features) for m in layers.values())
+def check_layout(layers: dict[str, torch.nn.Module], rank: int, slot: int, down: str, form: str = "lora") -> None:
+    """Rank and slot must fit every adapted layer; say which limit was hit.
+
+    A kronecker concept's slot rows live on w2's input (``forms.slot_width``),
+    so its rank and slots are bounded by that width, not the layer's."""
+    if form == "kronecker":
+        for m in layers.values():
+            kronecker_shape(m.out_features, m.in_features)
+    what, whats = (
+        ("slot factor (w2)", "slot factors (w2)") if form == "kronecker" else ("adapted layer", "adapted layers")
+    )
+    smallest = min(min(slot_width(form, m.in_features), m.out_features) for m in layers.values())
     if rank > smallest:
         raise ValueError(
-            f"rank {rank} is too large: the smallest adapted layer has {smallest} features; "
+            f"rank {rank} is too large: the smallest {what} has {smallest} features; "
             f"use a rank of at most {smallest} (4 to 16 is typical)"
         )
     if down == "basis":
-        in_dim = min(m.in_features for m in layers.values())
+        in_dim = min(slot_width(form, m.in_features) for m in layers.values())
         slots = max_slots(in_dim, rank)
         if not 0 <= slot < slots:
             raise ValueError(
-                f"slot {slot} is out of range: with rank {rank}, the {in_dim}-wide adapted layers hold {slots} "
+                f"slot {slot} is out of range: with rank {rank}, the {in_dim}-wide {whats} hold {slots} "
                 f"slots; use a slot from 0 to {slots - 1} (or a smaller rank)"
             )
 
 
 # ---------------------------------------------------------------- adapters
+# Every adapter form answers the same three questions: its term ``delta(x)``
+# for the forward hook, its trained tensors by name (``parts``: the optimiser's
+# parameter groups and the checkpoint's entries), and the update it has become
+# (``update``). The trained parts are float32 whatever the model computes in.
 @dataclass
 class Adapter:
     """ΔW = scale · up @ down on one Linear, applied to activations."""
@@ -94,13 +116,111 @@ class Adapter:
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.linear(x.to(self.up.dtype), self.down), self.up)
 
+    def parts(self) -> dict[str, torch.Tensor]:
+        return {"up": self.up, **({"down": self.down} if self.down.requires_grad else {})}
+
+    def update(self) -> LayerUpdate:
+        return LowRankUpdate(up=_frozen_copy(self.up), down=_frozen_copy(self.down))
+
+
+@dataclass
+class SvdAdapter:
+    """ΔW = U · diag(gain·σ) · P (TriLoRA) with U = orthonormal_columns(free).
+
+    U is parametrised through the QR of a free matrix rather than re-orthonormalised
+    after each optimiser step: the forward pass, the saved file and the
+    checkpoint then all hold the same exactly-orthonormal U, and AdamW's moments
+    stay those of the one tensor it updates (a retraction after the step would
+    move the parameter under them). The QR of an [out, r] matrix costs O(out·r²)
+    per layer and step, nothing next to the UNet. σ starts at zero, so ΔW starts
+    at exactly zero as LoRA's zero up does; ``gain`` = √out lets σ move as fast
+    as a LoRA's up-projection does under AdamW (every entry of up moves by about
+    the learning rate, so ‖ΔW‖ by about lr·√(out·r); σ has only r entries).
+    """
+
+    rows: torch.Tensor  # [rank, in]; the slot's basis rows (Vᵀ), frozen
+    free: torch.Tensor  # [out, rank]; trained, U is its orthonormal factor
+    sigma: torch.Tensor  # [rank]; trained, starts at zero
+    gain: float
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        u = orthonormal_columns(self.free)
+        return F.linear(F.linear(x.to(self.free.dtype), self.rows) * (self.gain * self.sigma), u)
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        return {"svd_u": self.free, "svd_sigma": self.sigma}
+
+    def update(self) -> LayerUpdate:
+        with torch.no_grad():
+            u = orthonormal_columns(self.free.detach().float().cpu())
+            return svd_update(u, self.gain * self.sigma.detach().float().cpu(), _frozen_copy(self.rows))
+
+
+@dataclass
+class KroneckerAdapter:
+    """ΔW = w1 ⊗ (U_B · S) (DiffuseKronA) with S the slot's rows of R^{in/8}, frozen.
+
+    U_B starts at zero (ΔW = 0 at the start, as LoRA's zero up); w1 starts
+    with rows of norm about 1, so ‖ΔW‖ = ‖w1‖‖U_B‖ moves per step about as a
+    LoRA's does.
+    """
+
+    w1: torch.Tensor  # [8, 8]; trained
+    up: torch.Tensor  # [out2, rank]; trained, starts at zero
+    rows: torch.Tensor  # [rank, in/8]; the slot's basis rows, frozen
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """kron(w1, U_B S) x = w1 · X · (U_B S)ᵀ on x as [.., in1, in2], the slot projection first."""
+        x = x.to(self.w1.dtype)
+        lead = x.shape[:-1]
+        xm = x.reshape(*lead, self.w1.shape[1], self.rows.shape[1])
+        y = torch.einsum("ij,...jk,lk->...il", self.w1, xm @ self.rows.T, self.up)
+        return y.reshape(*lead, self.w1.shape[0] * self.up.shape[0])
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        return {"kron_w1": self.w1, "kron_up": self.up}
+
+    def update(self) -> LayerUpdate:
+        with torch.no_grad():
+            return kronecker_update(_frozen_copy(self.w1), _frozen_copy(self.up), _frozen_copy(self.rows))
+
+
+TrainedAdapter = Adapter | SvdAdapter | KroneckerAdapter
+
+
+def _frozen_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().cpu().clone()
+
 
 def make_adapters(
-    layers: dict[str, torch.nn.Module], rank: int, down: str, basis_seed: int, slot: int, seed: int, device
-) -> dict[str, Adapter]:
-    adapters = {}
+    layers: dict[str, torch.nn.Module],
+    rank: int,
+    down: str,
+    basis_seed: int,
+    slot: int,
+    seed: int,
+    device,
+    form: str = "lora",
+) -> dict[str, TrainedAdapter]:
+    if form not in FORMS:
+        raise ValueError(f"adapter form {form!r} is unknown; use one of {FORMS}")
+    adapters: dict[str, TrainedAdapter] = {}
     gen = torch.Generator().manual_seed(stream_seed(seed, -1))
     for key, m in sorted(layers.items()):
+        if form == "svd":
+            rows = basis_rows(basis_seed, slot, rank, m.in_features).to(device)
+            free = torch.randn(m.out_features, rank, generator=gen, dtype=torch.float64)
+            free = orthonormal_columns(free).float().to(device).requires_grad_(True)
+            sigma = torch.zeros(rank, device=device, requires_grad=True)
+            adapters[key] = SvdAdapter(rows=rows, free=free, sigma=sigma, gain=float(m.out_features) ** 0.5)
+            continue
+        if form == "kronecker":
+            shape = kronecker_shape(m.out_features, m.in_features)
+            rows = basis_rows(basis_seed, slot, rank, shape.in2).to(device)
+            w1 = (torch.randn(shape.out1, shape.in1, generator=gen) * shape.in1**-0.5).to(device)
+            up = torch.zeros(shape.out2, rank, device=device, requires_grad=True)
+            adapters[key] = KroneckerAdapter(w1=w1.requires_grad_(True), up=up, rows=rows)
+            continue
         if down == "basis":
             rows = basis_rows(basis_seed, slot, rank, m.in_features).to(device)
         else:  # a standard LoRA init (rows of norm ~1), trained
@@ -112,10 +232,10 @@ def make_adapters(
 
 
 @contextlib.contextmanager
-def hooked(layers: dict[str, torch.nn.Module], adapters: dict[str, Adapter]) -> Iterator[None]:
+def hooked(layers: dict[str, torch.nn.Module], adapters: dict[str, TrainedAdapter]) -> Iterator[None]:
     """Add each adapter's term to its Linear's output for the duration."""
 
-    def hook_for(adapter: Adapter):
+    def hook_for(adapter: TrainedAdapter):
         def hook(module, args, output):
             return output + adapter.delta(args[0]).to(output.dtype)
 

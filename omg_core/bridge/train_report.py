@@ -14,6 +14,7 @@ import torch
 
 from omg_core.bridge.train_model import target_layers
 from omg_core.families import FAMILIES, KV_SUFFIXES, family_named
+from omg_core.model.forms import trained_numbers
 
 
 def attention_shapes(family: str) -> dict[str, tuple[int, int]]:
@@ -34,14 +35,17 @@ def _is_kv(key: str) -> bool:
     return key.endswith(tuple(f"{s}.weight" for s in KV_SUFFIXES))
 
 
-def trainable_parameters(shapes: dict[str, tuple[int, int]], rank: int, target: str, down: str) -> int:
-    """Trained numbers of a LoRA of ``rank`` on the layers of ``target``: the
-    up-projections, plus the down-projections when they are not frozen."""
+def trainable_parameters(
+    shapes: dict[str, tuple[int, int]], rank: int, target: str, down: str, form: str = "lora"
+) -> int:
+    """Trained numbers of an adapter of ``form`` and ``rank`` on the layers of
+    ``target``: for a LoRA the up-projections, plus the down-projections when
+    they are not frozen (``forms.trained_numbers`` for the other forms)."""
     total = 0
     for key, (out_features, in_features) in shapes.items():
         if target == "kv" and not _is_kv(key):
             continue
-        total += rank * out_features + (rank * in_features if down == "free" else 0)
+        total += trained_numbers(form, out_features, in_features, rank, free_down=down == "free")
     return total
 
 
@@ -56,6 +60,8 @@ class ParameterRow:
     kv_free: int
     attention_basis: int
     attention_free: int
+    kv_svd: int = 0  # k/v only, the svd form (U's free matrix and σ)
+    kv_kronecker: int = 0  # k/v only, the kronecker form (w1 and U_B)
 
 
 def parameter_report(rank: int = 4, families: tuple[str, ...] = tuple(f.name for f in FAMILIES)) -> list[ParameterRow]:
@@ -73,6 +79,8 @@ def parameter_report(rank: int = 4, families: tuple[str, ...] = tuple(f.name for
                 kv_free=trainable_parameters(shapes, rank, "kv", "free"),
                 attention_basis=trainable_parameters(shapes, rank, "attention", "basis"),
                 attention_free=trainable_parameters(shapes, rank, "attention", "free"),
+                kv_svd=trainable_parameters(shapes, rank, "kv", "basis", "svd"),
+                kv_kronecker=trainable_parameters(shapes, rank, "kv", "basis", "kronecker"),
             )
         )
     return rows
@@ -80,13 +88,14 @@ def parameter_report(rank: int = 4, families: tuple[str, ...] = tuple(f.name for
 
 def format_parameter_report(rows: list[ParameterRow]) -> str:
     lines = [
-        "trainable parameters per concept (LoRA rank r; 'basis' trains up-projections only, 'free' both factors)",
+        "trainable parameters per concept (LoRA rank r; 'basis' trains up-projections only, 'free' both factors;"
+        " k/v svd: U's free matrix and σ; k/v kronecker: 8x8 w1 and U_B, ΔW of rank 8r)",
         f"{'model':<6} {'blocks':>6} {'r':>3} {'k/v basis':>11} {'k/v free':>11} {'all-attn basis':>15} "
-        f"{'all-attn free':>14} {'k/v : all-attn':>15}",
+        f"{'all-attn free':>14} {'k/v : all-attn':>15} {'k/v svd':>11} {'k/v kronecker':>14}",
     ]
     for r in rows:
         lines.append(
             f"{r.family:<6} {r.blocks:>6} {r.rank:>3} {r.kv_basis:>11,} {r.kv_free:>11,} {r.attention_basis:>15,} "
-            f"{r.attention_free:>14,} {r.kv_basis / r.attention_basis:>15.3f}"
+            f"{r.attention_free:>14,} {r.kv_basis / r.attention_basis:>15.3f} {r.kv_svd:>11,} {r.kv_kronecker:>14,}"
         )
     return "\n".join(lines)

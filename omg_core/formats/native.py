@@ -12,7 +12,11 @@ embeddings ride along as bundled embeddings (``bundle_emb.<token>.clip_l`` /
 bundled embedding. The concept's identity lives in the safetensors header as
 string entries: ``omg_version``, ``omg_name``, ``omg_triggers`` (a JSON list),
 ``omg_family``, ``omg_rank``, ``omg_source_format`` and, for concepts trained
-on the shared orthogonal basis, ``omg_basis_seed`` and ``omg_basis_slot``.
+on the shared orthogonal basis, ``omg_basis_seed``, ``omg_basis_slot`` and
+``omg_form`` — the trained adapter form (``omg_core.model.forms``): ``lora``
+and ``svd`` (U·diag(σ) folded into the up-projection) are written as LoRA
+layers, ``kronecker`` as LoKr ``lokr_w1``/``lokr_w2`` pairs; a file without it
+is a ``lora``.
 
 A stored update carries the concept's strength: the file holds the effect the
 concept had when saved and reads back at strength 1.

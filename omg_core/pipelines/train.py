@@ -8,6 +8,10 @@ basis (``omg_core.model.basis``), so concepts trained in different slots read fr
 exactly orthogonal input subspaces (A_i A_jᵀ = 0) and their updates are
 orthogonal matrices. Only the up-projections (initialised to zero) are
 trained; ``down="free"`` trains a standard LoRA instead, for comparison.
+``form`` picks the adapter's shape — ``lora``, ``svd`` (TriLoRA's U·diag(σ)·Vᵀ)
+or ``kronecker`` (DiffuseKronA's w1 ⊗ w2) — each reading its input through
+frozen slot rows, so each is orthogonal across slots by construction
+(``omg_core.model.forms`` has the argument for each).
 
 The forward pass is ComfyUI's own (``omg_core.bridge.train_model``): hooks on the
 real UNet modules of a ModelPatcher clone, the epsilon-prediction loss with
@@ -16,7 +20,7 @@ the model's own noise schedule. The inputs are prepared in
 
 All randomness of step k is drawn from a generator seeded from (seed, k), so
 (seed, step) is the whole random state: a run resumed from a checkpoint file
-(up-projections, free down-projections, embeddings, optimizer state, step,
+(every trained part of every layer, embeddings, optimizer state, step,
 loss history) continues exactly as the uninterrupted run would have.
 
 ComfyUI is imported lazily inside the functions that need it.
@@ -37,6 +41,7 @@ import torch
 from omg_core.bridge.train_inputs import TextConditioning, augment_pool, check_images, encode_latents
 from omg_core.bridge.train_model import (
     DOWN_MODES,
+    FORMS,
     TARGETS,
     check_layout,
     compute_dtype,
@@ -50,7 +55,7 @@ from omg_core.bridge.train_model import (
     target_layers,
     training_family,
 )
-from omg_core.model.concept import Concept, LowRankUpdate, TokenEmbedding
+from omg_core.model.concept import Concept, TokenEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ class TrainConfig:
     prompt: str = "a photo of {trigger} {class}"
     class_prompt: str = "a photo of {class}"
     name: str | None = None
+    form: str = "lora"  # "lora": up @ basis rows; "svd": U·diag(σ)·basis rows; "kronecker": w1 ⊗ (U_B·basis rows)
 
     def validate(self) -> None:
         t = self.trigger.strip()
@@ -105,6 +111,7 @@ class TrainConfig:
             raise ValueError(f"target {self.target!r} is unknown; use one of {TARGETS}")
         if self.down not in DOWN_MODES:
             raise ValueError(f"down-projection mode {self.down!r} is unknown; use one of {DOWN_MODES}")
+        check_form(self.form, self.target, self.down)
         if self.embedding_lr is not None and not self.embedding_lr > 0:
             raise ValueError(
                 f"embedding learning rate must be positive (got {self.embedding_lr}); None uses learning_rate"
@@ -125,6 +132,23 @@ class TrainConfig:
 
     def prior_prompt(self) -> str:
         return self.class_prompt.replace("{class}", self.class_word.strip())
+
+
+def check_form(form: str, target: str, down: str = "basis") -> None:
+    """The svd and kronecker forms exist to stay orthogonal by construction,
+    which holds only on the k/v layers and on frozen basis rows."""
+    if form not in FORMS:
+        raise ValueError(f"adapter form {form!r} is unknown; use one of {FORMS}")
+    if form != "lora" and target != "kv":
+        raise ValueError(
+            f"the {form} form trains the cross-attention k/v layers only (the layers concepts are combined "
+            "on); set target to cross-attn k/v, or use form 'lora' to adapt every attention projection"
+        )
+    if form != "lora" and down != "basis":
+        raise ValueError(
+            f"the {form} form always reads a slot of the shared basis (that is what keeps concepts "
+            "orthogonal); set down to 'basis', or use form 'lora' for a free down-projection"
+        )
 
 
 @dataclass
@@ -149,6 +173,8 @@ def fingerprint(config: TrainConfig, images: torch.Tensor, prior: torch.Tensor |
     The step count is left out (the first k steps do not depend on it), so an
     interrupted run may be finished with a different number of steps."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "name")}
+    if settings["form"] == "lora":  # the form the fingerprint had before forms existed: its states still resume
+        del settings["form"]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in (images, prior):
         if t is not None:
@@ -158,13 +184,23 @@ def fingerprint(config: TrainConfig, images: torch.Tensor, prior: torch.Tensor |
     return h.hexdigest()
 
 
+def _parts_by_name(adapters) -> dict[str, dict[str, torch.Tensor]]:
+    """Trained tensors as {part name: {layer: tensor}}, the checkpoint's layout
+    (a LoRA's parts are "up" and, when free, "down")."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, adapter in adapters.items():
+        for name, t in adapter.parts().items():
+            out.setdefault(name, {})[key] = t
+    return out
+
+
 def _save_state(path, fp: str, step: int, adapters, vectors, optimizer, losses) -> None:
+    parts = {name: {k: t.detach().cpu() for k, t in ts.items()} for name, ts in _parts_by_name(adapters).items()}
     state = {
         "version": _CHECKPOINT_VERSION,
         "fingerprint": fp,
         "step": step,
-        "up": {k: a.up.detach().cpu() for k, a in adapters.items()},
-        "down": {k: a.down.detach().cpu() for k, a in adapters.items() if a.down.requires_grad},
+        **parts,
         "vectors": {k: v.detach().cpu() for k, v in vectors.items()},
         "optimizer": optimizer.state_dict(),
         "losses": list(losses),
@@ -187,10 +223,10 @@ def _load_state(path, fp: str, steps: int) -> dict | None:
 
 def _restore(state: dict, adapters, vectors, optimizer) -> tuple[int, list[float]]:
     with torch.no_grad():
-        for k, a in adapters.items():
-            a.up.copy_(state["up"][k])
-            if k in state["down"]:
-                a.down.copy_(state["down"][k])
+        for name, tensors in _parts_by_name(adapters).items():
+            for k, t in tensors.items():
+                if k in state.get(name, {}):
+                    t.copy_(state[name][k])
         for k, v in vectors.items():
             v.copy_(state["vectors"][k])
     optimizer.load_state_dict(state["optimizer"])
@@ -249,7 +285,7 @@ def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_
     make_trainable(clone)
     inner = clone.model
     layers = target_layers(inner.diffusion_model, config.target)
-    check_layout(layers, config.rank, config.slot, config.down)
+    check_layout(layers, config.rank, config.slot, config.down, config.form)
     fp = fingerprint(config, images, prior_images, layers.keys())
 
     def latents_of(pixels, tag):
@@ -288,10 +324,14 @@ def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_
             height=images.shape[1],
             device=device,
         )
-        adapters = make_adapters(layers, config.rank, config.down, config.basis_seed, config.slot, config.seed, device)
-        groups = [{"params": [a.up for a in adapters.values()], "lr": config.learning_rate}]
-        if config.down == "free":
-            groups.append({"params": [a.down for a in adapters.values()], "lr": config.learning_rate})
+        adapters = make_adapters(
+            layers, config.rank, config.down, config.basis_seed, config.slot, config.seed, device, config.form
+        )
+        # One group per part name (a LoRA's: its ups, then its free downs), each over every layer.
+        groups = [
+            {"params": list(tensors.values()), "lr": config.learning_rate}
+            for tensors in _parts_by_name(adapters).values()
+        ]
         if text.vectors:
             groups.append({"params": list(text.vectors.values()), "lr": config.embedding_lr or config.learning_rate})
         optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
@@ -361,16 +401,14 @@ def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_
 
 
 def _to_concept(adapters, vectors, config: TrainConfig, family: str, losses: list[float]) -> Concept:
-    unet = {
-        k: LowRankUpdate(up=a.up.detach().float().cpu().clone(), down=a.down.detach().float().cpu().clone())
-        for k, a in adapters.items()
-    }
+    unet = {k: a.update() for k, a in adapters.items()}
     trigger = config.trigger.strip()
     embeddings = tuple(
         TokenEmbedding(token=trigger, encoder=enc, vectors=v.detach().float().cpu().clone().unsqueeze(0))
         for enc, v in sorted(vectors.items())
     )
     metadata = {
+        "omg_form": config.form,
         "omg_rank": str(config.rank),
         "omg_train_down": config.down,
         "omg_train_target": config.target,
