@@ -43,7 +43,12 @@ DEFAULT_VARIANTS = (
     "crop:crop=0.3",
     "long:steps=800",
 )
-_FIELD_TYPES = {"steps": int, "rank": int, "batch_size": int, "augment_variants": int, "flip": lambda v: v == "true"}
+_FLAG = {"true": True, "false": False}
+_FIELD_TYPES = {
+    **dict.fromkeys(("steps", "rank", "batch_size", "augment_variants", "slot", "seed", "basis_seed"), int),
+    **dict.fromkeys(("form", "target", "down", "prompt", "class_prompt"), str),
+    **dict.fromkeys(("flip", "learn_embedding"), _FLAG.__getitem__),
+}
 
 
 @dataclasses.dataclass
@@ -69,8 +74,9 @@ class Variant:
         return cls(name.strip(), changes)
 
 
-def train_variant(model, clip, vae, variant: Variant, directory: Path, log) -> dict:
-    """Train every personal concept with the variant's settings (skipping finished files)."""
+def train_variant(model, clip, vae, variant: Variant, directory: Path, log, names: Sequence[str]) -> dict:
+    """Train the personal concepts ``names`` with the variant's settings (skipping finished files);
+    each keeps its own basis slot, as the shipped concepts do."""
     from omg_core.formats.native import save_native
     from omg_core.pipelines.train import train_concept
     from omg_core.toyworld import concepts as C
@@ -79,6 +85,8 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log) -> d
     settings = C.ConceptTrainSettings()
     Path(directory).mkdir(parents=True, exist_ok=True)
     for slot, name in enumerate(S.PERSONAL_OBJECTS):
+        if name not in names:
+            continue
         path = C.orthogonal_file(name, directory)
         stats = C.trained_stats(path)
         if stats is None:
@@ -91,7 +99,7 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log) -> d
     return seconds
 
 
-def evaluate(model, clip, vae, detector, directory: Path, method: str, seeds: int) -> dict:
+def evaluate(model, clip, vae, detector, directory: Path, method: str, seeds: int, names: Sequence[str]) -> dict:
     """Per concept: (boxed hits, prompt hits, images) — see the module docstring."""
     from benchmarks.composition import LAYOUTS, METHODS, Bench, BenchSettings, MethodResult
     from omg_core.bridge.binding import load_concept
@@ -102,6 +110,7 @@ def evaluate(model, clip, vae, detector, directory: Path, method: str, seeds: in
     concepts = [
         load_concept(str(C.orthogonal_file(n, directory)), model, clip, name=n, triggers=t)
         for n, t in S.PERSONAL_OBJECTS.items()
+        if n in names
     ]
     bench = Bench(model, clip, vae, detector, concepts, concepts, BenchSettings(alone_seeds=seeds))
     boxed = MethodResult()
@@ -128,7 +137,7 @@ def format_table(rows: dict) -> str:
         secs = row["seconds"]
         cells = [name, ", ".join(f"{k}={v}" for k, v in row["changes"].items()) or "-"]
         cells.append(f"{sum(secs.values()) / len(secs):.0f}" if secs else "-")
-        cells += [f"{per[n]['boxed']}/{per[n]['prompt']} of {per[n]['n']}" for n in names]
+        cells += [f"{per[n]['boxed']}/{per[n]['prompt']} of {per[n]['n']}" if n in per else "-" for n in names]
         cells += [str(boxed), str(prompt)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -141,8 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", default="regional_routed_lc", help="composition-benchmark method of the boxed reading")
     ap.add_argument("--out", type=Path, default=None, help="folder for variants' concepts, table and JSON")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--concepts", default=",".join(S.PERSONAL_OBJECTS), help="comma-separated personal concepts")
     args = ap.parse_args(argv)
     variants = [Variant.parse(v) for v in (args.variant or DEFAULT_VARIANTS)]
+    names = [n.strip() for n in args.concepts.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(S.PERSONAL_OBJECTS))
+    if unknown or not names:
+        raise SystemExit(f"--concepts: {unknown or 'none'} not among {', '.join(S.PERSONAL_OBJECTS)}")
 
     repo = Path(__file__).resolve().parent.parent
     for p in (repo / "scripts", repo):
@@ -168,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             directory, seconds = C.CONCEPT_DIR, {}
         else:
             directory = out / v.name
-            seconds = train_variant(model, clip, vae, v, directory, lambda m: print(m, flush=True))
-        per = evaluate(model, clip, vae, detector, directory, args.method, args.seeds)
+            seconds = train_variant(model, clip, vae, v, directory, lambda m: print(m, flush=True), names)
+        per = evaluate(model, clip, vae, detector, directory, args.method, args.seeds, names)
         rows[v.name] = {"changes": v.changes, "seconds": seconds, "concepts": per}
         print(f"{v.name}: {per} ({time.time() - started:.0f} s)", flush=True)
         (out / "trainer.json").write_text(json.dumps(rows, indent=1) + "\n")
