@@ -494,7 +494,8 @@ class Bench:
             result.drift_changed = Rate(sum(f != b for f, b in zip(found, base_found)), len(wanted))
             out[name], samples[name] = result, keep
             if progress:
-                progress(f"{name}: alone {result.alone}, prior accuracy {result.drift_accuracy}")
+                alone = f"alone {result.alone}, " if result.alone.n else ""
+                progress(f"{name}: {alone}prior accuracy {result.drift_accuracy}")
         return BenchResult(st, out, base_acc, time.time() - started, samples)
 
 
