@@ -594,6 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--layouts", type=Path, default=None, help="a JSON file of layouts (omg_core.toyworld.layouts.read_layouts)"
     )
     ap.add_argument("--random", type=int, default=0, help="this many random layouts per count instead of the fixed")
+    ap.add_argument(
+        "--concepts-dir",
+        type=Path,
+        default=None,
+        help="orthogonal concepts from this folder (toyworld-NAME.safetensors, e.g. a trainer_fidelity variant); "
+        "the plain ones stay the shipped",
+    )
     ap.add_argument("--placement-steps", type=float, default=None, help="share of steps placement acts on (0..1)")
     ap.add_argument("--placement-strength", type=float, default=None, help="placement strength (0..1)")
     args = ap.parse_args(argv)
@@ -606,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     comfy_host.boot()
-    from omg_core.toyworld.concepts import load_bench_concepts
+    from omg_core.toyworld.concepts import CONCEPT_DIR, load_bench_concepts
     from omg_core.toyworld.detector import load_detector
     from omg_core.toyworld.generate import load_toyworld
 
@@ -640,7 +647,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, layouts=tuple(random_layouts(settings.counts, args.random, args.seed)))
     out = args.out or repo / ".cache" / "toyworld" / ("bench-quick" if args.quick else "bench")
     model, clip, vae = load_toyworld(bf16=not args.quick)
-    orthogonal, plain = load_bench_concepts(model, clip)
+    if args.concepts_dir:
+        orthogonal, plain = load_bench_concepts(model, clip, args.concepts_dir, plain_directory=CONCEPT_DIR)
+    else:
+        orthogonal, plain = load_bench_concepts(model, clip)
     bench = Bench(model, clip, vae, load_detector(), orthogonal, plain, settings)
     result = bench.run(progress=lambda m: print(m, flush=True))
     table = format_table(result)

@@ -156,13 +156,19 @@ def trained_stats(path: Path) -> dict | None:
     return json.loads(record) if record else None
 
 
-def load_bench_concepts(model, clip, directory: Path = CONCEPT_DIR) -> tuple[list[Concept], list[Concept]]:
-    """(orthogonal, plain) concepts of every personal object, bound to ``model`` by ``load_concept``."""
+def load_bench_concepts(
+    model, clip, directory: Path = CONCEPT_DIR, plain_directory: Path | None = None
+) -> tuple[list[Concept], list[Concept]]:
+    """(orthogonal, plain) concepts of every personal object, bound to ``model`` by ``load_concept``;
+    the plain ones from ``plain_directory`` when given (the orthogonal ones of a trainer variant
+    are compared against the shipped plain LoRAs)."""
     from omg_core.bridge.binding import load_concept
 
     orthogonal, plain = [], []
+    plain_directory = directory if plain_directory is None else plain_directory
     for name, trigger in S.PERSONAL_OBJECTS.items():
-        for path, out in ((orthogonal_file(name, directory), orthogonal), (plain_file(name, directory), plain)):
+        pairs = ((orthogonal_file(name, directory), orthogonal), (plain_file(name, plain_directory), plain))
+        for path, out in pairs:
             if not path.exists():
                 raise ValueError(
                     f"toy-world concept file {path} is missing; train it with `python scripts/train_toyworld.py --concepts`"
