@@ -84,6 +84,15 @@ def _energy_rank(s: torch.Tensor, energy: float) -> int:
     return min(exact, int((cum < energy - 1e-12).sum()) + 1)
 
 
+def factored_svd(update: LowRankUpdate) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U [out, r], S [r], Vt [r, in]) of a low-rank ΔW in float64, through its
+    factors (QR of the down-projection, SVD of the [out, r] core): exact, and
+    no [out, in] matrix is formed."""
+    q, r = torch.linalg.qr(update.down_matrix().double().T)  # down = rᵀ qᵀ
+    u, s, vh = torch.linalg.svd(update.scale * (update.up_matrix().double() @ r.T), full_matrices=False)
+    return u, s, vh @ q.T
+
+
 def thin_svd(update: LayerUpdate, energy: float = 0.999) -> tuple[torch.Tensor, torch.Tensor]:
     """(singular values S [k], right singular vectors Vt [k, n]) of ΔW, in float64.
 
@@ -95,11 +104,9 @@ def thin_svd(update: LayerUpdate, energy: float = 0.999) -> tuple[torch.Tensor, 
     """
     low = update.as_low_rank()
     if low is not None:
-        q, r = torch.linalg.qr(low.down_matrix().double().T)  # down = rᵀ qᵀ
-        m = low.scale * (low.up_matrix().double() @ r.T)
-        _, s, vh = torch.linalg.svd(m, full_matrices=False)
+        _, s, vt = factored_svd(low)
         keep = s > _REL_TOL * s[0] if s.numel() and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
-        return s[keep], (vh @ q.T)[keep]
+        return s[keep], vt[keep]
     _, s, vh = torch.linalg.svd(update.dense().double(), full_matrices=False)
     k = _energy_rank(s, energy)
     return s[:k], vh[:k]

@@ -26,6 +26,7 @@ import torch
 
 from omg_core.model.concept import Concept
 from omg_core.model.updates import LayerUpdate, LowRankUpdate
+from omg_core.ops.orthogonality import factored_svd
 
 _ORTHO_TOL = 1e-5  # float32 factors of an SVD (QR, basis rows) are orthonormal to ~1e-7
 
@@ -110,37 +111,42 @@ def _is_svd(up: torch.Tensor, down: torch.Tensor) -> bool:
     return bool((off.abs() <= _ORTHO_TOL * torch.outer(norms, norms)).all())
 
 
+def _spectrum(update: LowRankUpdate) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(σ in float64, None) when the stored factors already are an SVD (σ = the
+    column norms of up), else (σ, (U, Vt)) of the factors' exact SVD."""
+    up, down = update.up_matrix().double(), update.down_matrix().double()
+    if _is_svd(up, down):
+        return abs(update.scale) * up.norm(dim=0), None
+    u, s, vt = factored_svd(update)
+    return s, (u, vt)
+
+
 def singular_values(update: LowRankUpdate) -> tuple[torch.Tensor, bool]:
     """(σ of ΔW in float64, whether they belong to the stored factors' own
     columns): the column norms of up when the factors already are an SVD,
     else the SVD of the factors' core (sorted, largest first)."""
-    up, down = update.up_matrix().double(), update.down_matrix().double()
-    if _is_svd(up, down):
-        return abs(update.scale) * up.norm(dim=0), True
-    _, r = torch.linalg.qr(down.T)
-    return torch.linalg.svdvals(update.scale * (up @ r.T)), False
+    s, vectors = _spectrum(update)
+    return s, vectors is None
 
 
 def prune_update(update: LowRankUpdate, threshold: float, key: str = "") -> tuple[LowRankUpdate | None, LayerPruning]:
     """``update`` without its singular values under ``threshold`` × the largest
     (None when nothing is left: the update was zero)."""
     check_threshold(threshold)
-    up, down = update.up_matrix().double(), update.down_matrix().double()
-    s, own = singular_values(update)
+    s, vectors = _spectrum(update)  # one decomposition serves the threshold and the truncation
     total = float(s.square().sum())
     keep = (s >= threshold * s.max()) & (s > 0) if s.numel() else s.bool()
     kept = math.sqrt(float(s[keep].square().sum()) / total) if total > 0 else 1.0
     report = LayerPruning(key, update.rank, int(keep.sum()), math.sqrt(total), kept)
     if not bool(keep.any()):
         return None, report
-    if own:  # drop columns of up and rows of down: the kept rows are the stored ones, bit for bit
+    if vectors is None:  # drop columns of up and rows of down: the kept rows are the stored ones, bit for bit
         index = keep.nonzero().squeeze(1)
         return replace(update, up=update.up[:, index], down=update.down[index]), report
-    q, r = torch.linalg.qr(down.T)
-    u, sv, vh = torch.linalg.svd(update.scale * (up @ r.T), full_matrices=False)
+    u, vt = vectors
     k = int(keep.sum())  # svd sorts σ descending, so the kept ones come first
-    new_up = (u[:, :k] * sv[:k]).to(update.up.dtype)
-    new_down = (vh[:k] @ q.T).to(update.down.dtype)
+    new_up = (u[:, :k] * s[:k]).to(update.up.dtype)
+    new_down = vt[:k].to(update.down.dtype)
     new_down = new_down.reshape(k, *update.down.shape[1:])
     new_up = new_up.reshape(new_up.shape[0], k, *update.up.shape[2:])
     return LowRankUpdate(up=new_up, down=new_down, scale=1.0), report
