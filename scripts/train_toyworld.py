@@ -1,11 +1,14 @@
 """Train the toy world from scratch: autoencoder, detector, UNet — then ship it.
 
-    python scripts/train_toyworld.py            # the base model: autoencoder, detector, UNet (~55 CPU-minutes)
+    python scripts/train_toyworld.py            # the base model: autoencoder, detector, UNet (~55 + ~45 CPU-minutes)
     python scripts/train_toyworld.py --concepts # the personal concepts on the shipped base model (~35 CPU-minutes)
     python scripts/train_toyworld.py --quick    # a smoke run with tiny settings, writes nothing to assets/
 
 Stages are cached under ``.cache/toyworld/`` so an interrupted run resumes at
-the stage it was in. The result, written to ``assets/toyworld/``:
+the stage it was in; the UNet's 64-px stage is kept there as
+``unet-64.safetensors`` (the shipped format), and the composition-size stage
+starts from it — put an earlier 64-px ``base_weights.safetensors`` there to
+run only the composition stage. The result, written to ``assets/toyworld/``:
 ``base_weights.safetensors`` (UNet int8 + TAESD fp16), ``detector.safetensors``,
 ``manifest.json`` (settings, text-encoder probe, timings, measured accuracy) and
 ``concepts/`` (each personal concept orthogonal and plain, and in every external format).
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings; results go to .cache/toyworld-quick only")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is best on a busy machine)")
     ap.add_argument("--unet-steps", type=int, default=None, help="override the UNet training steps")
+    ap.add_argument("--compose-steps", type=int, default=None, help="override the composition-size UNet steps")
     ap.add_argument("--fresh", action="store_true", help="ignore cached stages")
     ap.add_argument("--concepts", action="store_true", help="train the personal concepts (needs the base model)")
     args = ap.parse_args(argv)
@@ -87,10 +91,14 @@ def main(argv=None) -> int:
     settings = B.BaseTrainSettings(threads=args.threads)
     det_steps, det_examples = 1500, 8000
     if args.quick:
-        settings = dataclasses.replace(settings, taesd_steps=20, n_scenes=256, unet_steps=20, unet_batch=8)
+        settings = dataclasses.replace(
+            settings, taesd_steps=20, n_scenes=256, unet_steps=20, unet_batch=8, compose_scenes=64, compose_steps=8
+        )
         det_steps, det_examples = 50, 500
     if args.unet_steps:
         settings = dataclasses.replace(settings, unet_steps=args.unet_steps)
+    if args.compose_steps:
+        settings = dataclasses.replace(settings, compose_steps=args.compose_steps)
     work = REPO / ".cache" / ("toyworld-quick" if args.quick else "toyworld")
     out_dir = work / "assets" if args.quick else CK.ASSET_DIR
     work.mkdir(parents=True, exist_ok=True)
@@ -99,9 +107,17 @@ def main(argv=None) -> int:
         clock.stages.clear()
     print(f"settings: {dataclasses.asdict(settings)}", flush=True)
 
-    # 1. autoencoder
+    # 1-3: autoencoder, detector, UNet at 64 px. The 64-px stage's result (UNet + TAESD, the
+    # shipped format) is cached as unet-64.safetensors; with it, the autoencoder is not retrained.
+    stage64_file = work / "unet-64.safetensors"
+    have_stage64 = stage64_file.exists() and not args.fresh
     taesd_file = work / "taesd.pt"
-    if taesd_file.exists() and not args.fresh:
+    if have_stage64:
+        taesd = B.new_taesd(settings.seed)
+        taesd_stored = CK.load_weights(stage64_file)[1]
+        taesd.load_state_dict({k: v.float() for k, v in taesd_stored.items() if k.startswith("taesd_")})
+        taesd.eval()
+    elif taesd_file.exists() and not args.fresh:
         taesd = B.new_taesd(settings.seed)
         taesd.load_state_dict(torch.load(taesd_file))
         taesd.eval()
@@ -136,50 +152,87 @@ def main(argv=None) -> int:
     # 3. UNet, on the checkpoint as ComfyUI loads it
     clip_state = CK.build_text_encoder(settings.clip_seed)
     reference = CK.probe_text_encoder(clip_state)
-    init_file = work / "init.safetensors"
-    if not init_file.exists() or args.fresh:
+    pool = S.base_caption_pool(settings.seed)
+    captions = [S.caption(e) for e in pool] + [S.EMPTY_CAPTION, ""]
+    captions_file = work / "captions.pt"
+    cached = torch.load(captions_file) if captions_file.exists() and not args.fresh else None
+
+    def load(unet_state):
         from safetensors.torch import save_file
 
+        path = work / "init.safetensors"
+        state = CK.checkpoint_state(unet_state, B.taesd_state(taesd), clip_state)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:2]
+
+    if have_stage64:
+        model, clip = load(CK.load_weights(stage64_file)[0])
+    else:
         unet0 = {
             k.removeprefix("model.diffusion_model."): v for k, v in build_unet_state(SD15_UNET, settings.seed).items()
         }
-        state = CK.checkpoint_state(unet0, B.taesd_state(taesd), clip_state)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(init_file))
-    model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(init_file), output_vae=True, output_clip=True)
-    pool = S.base_caption_pool(settings.seed)
-    captions = [S.caption(e) for e in pool] + [""]
-    captions_file = work / "captions.pt"
-    cached = torch.load(captions_file) if captions_file.exists() and not args.fresh else None
+        model, clip = load(unet0)
     if cached is None or cached["captions"] != captions or cached["clip_probe"] != reference:
         cached = {"captions": captions, "clip_probe": reference}
         cached["conds"] = clock.run("captions", B.encode_captions, clip, captions)
         torch.save(cached, captions_file)
-    conds, uncond = cached["conds"][:-1], cached["conds"][-1:]
-    latents, index = clock.run("latents", B.encode_scenes, taesd, settings, pool)
-    print(f"{len(pool)} captions, {latents.shape[0]} scenes, latent std {latents.std():.3f}", flush=True)
+    conds, uncond = cached["conds"][:-1], cached["conds"][-1:]  # conds[len(pool)]: the empty scene
+    small = clock.run("latents", B.encode_scenes, taesd, settings, pool)
+    print(f"{len(pool)} captions, {small[0].shape[0]} scenes, latent std {small[0].std():.3f}", flush=True)
+    meta = {"settings": json.dumps(dataclasses.asdict(settings))}
+    if not have_stage64:
+        unet = clock.run(
+            "unet",
+            B.train_unet,
+            model,
+            [small],
+            conds,
+            uncond,
+            settings,
+            settings.unet_stage(),
+            log=lambda m: print(" ", m, flush=True),
+            resume_path=work / f"unet-{settings.unet_steps}.resume.pt",
+        )
+        CK.save_weights(unet, B.taesd_state(taesd), stage64_file, meta)
+        model, clip = load(CK.load_weights(stage64_file)[0])
+
+    # 3b. UNet at the composition size, from the 64-px stage (see omg_core.toyworld.base_model)
+    large = clock.run("composition latents", B.encode_composition_scenes, taesd, settings, pool)
+    print(f"{large[0].shape[0]} composition scenes {tuple(large[0].shape[1:])}", flush=True)
     unet = clock.run(
-        "unet",
+        "unet composition",
         B.train_unet,
         model,
-        latents,
-        index,
+        [large, small],
         conds,
         uncond,
         settings,
+        settings.compose_stage(),
         log=lambda m: print(" ", m, flush=True),
-        resume_path=work / f"unet-{settings.unet_steps}.resume.pt",
+        resume_path=work / f"unet-compose-{settings.compose_steps}.resume.pt",
     )
 
     # 4. ship: quantised weights + manifest, then assemble and measure through ComfyUI
     weights_file = out_dir / "base_weights.safetensors"
-    CK.save_weights(unet, B.taesd_state(taesd), weights_file, {"settings": json.dumps(dataclasses.asdict(settings))})
+    CK.save_weights(unet, B.taesd_state(taesd), weights_file, meta)
     ckpt = CK.write_checkpoint(
         work / "toyworld.safetensors", *CK.load_weights(weights_file)[:2], settings.clip_seed, reference
     )
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)
-    accuracy = clock.run("prompt accuracy", G.prompt_accuracy, model, clip, vae, detector, seeds=2 if args.quick else 8)
-    mean_acc = sum(accuracy.values()) / len(accuracy)
-    print(f"prompt accuracy (detector names the prompted object): {mean_acc:.3f}")
+    accuracy, mean_acc = {}, {}
+    for size in (S.IMAGE_SIZE, S.COMPOSITION_SIZE):
+        accuracy[size] = clock.run(
+            f"prompt accuracy {size} px",
+            G.prompt_accuracy,
+            model,
+            clip,
+            vae,
+            detector,
+            seeds=2 if args.quick else 8,
+            size=size,
+        )
+        mean_acc[size] = sum(accuracy[size].values()) / len(accuracy[size])
+        print(f"prompt accuracy at {size} px (detector names the prompted object): {mean_acc[size]:.3f}")
     print(json.dumps(accuracy, indent=1))
     total = {
         "wall_s": round(sum(s["wall_s"] for s in clock.stages.values()), 1),
@@ -192,7 +245,15 @@ def main(argv=None) -> int:
         "settings": dataclasses.asdict(settings),
         "timings": {**clock.stages, "total": total},
         "detector_accuracy": {"renders": det_raw.accuracy, "autoencoded_renders": det_rt.accuracy, "n": det_raw.n},
-        "prompt_accuracy": {"mean": mean_acc, "per_object": accuracy, "seeds_per_object": 2 if args.quick else 8},
+        "prompt_accuracy": {
+            "mean": mean_acc[S.IMAGE_SIZE],
+            "per_object": accuracy[S.IMAGE_SIZE],
+            "seeds_per_object": 2 if args.quick else 8,
+            f"at_{S.COMPOSITION_SIZE}_px": {
+                "mean": mean_acc[S.COMPOSITION_SIZE],
+                "per_object": accuracy[S.COMPOSITION_SIZE],
+            },
+        },
         "sampler": dataclasses.asdict(G.SamplerSettings()),
         "torch": torch.__version__,
     }

@@ -82,9 +82,11 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return images.reshape(-1, *images.shape[-3:]).movedim(-1, 1).float().clamp(0, 1)
 
 
-def generate(model, clip, vae, prompt: str, seed: int, batch: int, settings: SamplerSettings = SamplerSettings()):
-    """Images [batch, 3, 64, 64] for one prompt (negative: the empty prompt)."""
-    latents = sample(model, encode(clip, prompt), encode(clip, ""), seed, batch, settings)
+def generate(
+    model, clip, vae, prompt: str, seed: int, batch: int, settings: SamplerSettings = SamplerSettings(), size: int = 64
+):
+    """Images [batch, 3, size, size] for one prompt (negative: the empty prompt)."""
+    latents = sample(model, encode(clip, prompt), encode(clip, ""), seed, batch, settings, size)
     return decode(vae, latents)
 
 
@@ -106,12 +108,20 @@ def locate(images: torch.Tensor, threshold: float = 0.18, pad: float = 0.15) -> 
 
 
 def prompt_accuracy(
-    model, clip, vae, detector, labels=S.BASE_OBJECTS, seeds: int = 4, seed: int = 0, settings=SamplerSettings()
+    model,
+    clip,
+    vae,
+    detector,
+    labels=S.BASE_OBJECTS,
+    seeds: int = 4,
+    seed: int = 0,
+    settings=SamplerSettings(),
+    size: int = S.IMAGE_SIZE,
 ):
-    """Share of images whose main object the detector names as the prompt did, per label."""
+    """Share of ``size``-px images whose main object the detector names as the prompt did, per label."""
     out = {}
     for i, label in enumerate(labels):
-        images = generate(model, clip, vae, S.caption([label]), seed + i, seeds, settings)
+        images = generate(model, clip, vae, S.caption([label]), seed + i, seeds, settings, size)
         probs = detector.probabilities(images, locate(images))
         from omg_core.toyworld.detector import CLASSES
 

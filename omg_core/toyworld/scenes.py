@@ -29,7 +29,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
+COMPOSITION_SIZE = 128  # the canvas compositions are drawn on (and the base model's second training size)
 _SUPERSAMPLE = 4
+
+# The caption of a scene with no object. The empty prompt "" stays the
+# unconditional one (caption dropout: "any scene"), so CFG keeps its meaning;
+# a workflow that wants nothing outside its boxes says so with this caption
+# as its global prompt, as a user writes a background into a real one.
+EMPTY_CAPTION = "an empty background"
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 45, 45),
@@ -70,7 +77,7 @@ class PlacedObject:
 
 @dataclass(frozen=True)
 class Scene:
-    image: np.ndarray  # uint8 [IMAGE_SIZE, IMAGE_SIZE, 3]
+    image: np.ndarray  # uint8 [size, size, 3]
     caption: str
     objects: tuple[PlacedObject, ...]
     background: str
@@ -92,7 +99,10 @@ def prompt_name(label: str) -> str:
 
 
 def caption(labels: list[str] | tuple[str, ...]) -> str:
-    """ "a red circle", "a red circle and a blue square", "a, b and c" — in the given order."""
+    """ "a red circle", "a red circle and a blue square", "a, b and c" — in the given order
+    (no object: ``EMPTY_CAPTION``)."""
+    if not labels:
+        return EMPTY_CAPTION
     parts = [f"a {prompt_name(label)}" for label in labels]
     if len(parts) == 1:
         return parts[0]
@@ -100,8 +110,8 @@ def caption(labels: list[str] | tuple[str, ...]) -> str:
 
 
 # ------------------------------------------------------------------ drawing
-def _background(name: str) -> Image.Image:
-    size = IMAGE_SIZE * _SUPERSAMPLE
+def _background(name: str, image_size: int = IMAGE_SIZE) -> Image.Image:
+    size = image_size * _SUPERSAMPLE
     rgb = np.empty((size, size, 3), dtype=np.uint8)
     rgb[:] = BACKGROUNDS[name]
     if name == "paper":
@@ -155,11 +165,13 @@ def _draw_personal(draw: ImageDraw.ImageDraw, name: str, box: tuple[float, float
         raise ValueError(f"unknown personal object {name!r}; use one of {list(PERSONAL_OBJECTS)}")
 
 
-def render(objects: list[PlacedObject] | tuple[PlacedObject, ...], background: str = "grey") -> np.ndarray:
-    """The image of the given objects, each filling its box, later ones on top."""
+def render(
+    objects: list[PlacedObject] | tuple[PlacedObject, ...], background: str = "grey", size: int = IMAGE_SIZE
+) -> np.ndarray:
+    """The ``size``-px image of the given objects (boxes in its pixels), each filling its box, later ones on top."""
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; use one of {list(BACKGROUNDS)}")
-    img = _background(background)
+    img = _background(background, size)
     draw = ImageDraw.Draw(img)
     s = _SUPERSAMPLE
     for obj in objects:
@@ -169,7 +181,7 @@ def render(objects: list[PlacedObject] | tuple[PlacedObject, ...], background: s
         else:
             colour, shape = prompt_name(obj.label).split(" ")
             _draw_shape(draw, shape, box, COLOURS[colour])
-    img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
+    img = img.resize((size, size), Image.BOX)
     return np.asarray(img, dtype=np.uint8).copy()
 
 
@@ -177,8 +189,14 @@ def render(objects: list[PlacedObject] | tuple[PlacedObject, ...], background: s
 _SIZE_RANGE = {1: (22, 40), 2: (18, 32), 3: (16, 28), 4: (16, 26)}
 
 
-def sample_layout(rng: np.random.Generator, n: int, size_range: tuple[int, int] | None = None) -> list[Box]:
-    """``n`` square, non-overlapping boxes (2 px apart), ordered left to right.
+def sample_layout(
+    rng: np.random.Generator,
+    n: int,
+    size_range: tuple[int, int] | None = None,
+    image_size: int = IMAGE_SIZE,
+    gap: int = 2,
+) -> list[Box]:
+    """``n`` square, non-overlapping boxes (``gap`` px apart), ordered left to right.
 
     Left-to-right order is the order captions name objects in, so a caption
     says something about where things are without naming positions."""
@@ -190,9 +208,9 @@ def sample_layout(rng: np.random.Generator, n: int, size_range: tuple[int, int] 
         for _ in range(n):
             for _ in range(100):
                 s = int(rng.integers(lo, hi + 1))
-                x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - s + 1, size=2))
+                x, y = (int(v) for v in rng.integers(0, image_size - s + 1, size=2))
                 b = (x, y, x + s, y + s)
-                if all(_apart(b, o, 2) for o in boxes):
+                if all(_apart(b, o, gap) for o in boxes):
                     boxes.append(b)
                     break
         if len(boxes) == n:
@@ -247,6 +265,36 @@ def sample_base_scene(rng: np.random.Generator, pool: list[tuple[str, ...]]) -> 
     return Scene(render(objects, background), caption(labels), objects, background), index
 
 
+# Composition scenes: the object sides as shares of the canvas, by object count.
+# A benchmark box is 30-50 % of the side and the object drawn in it fills most
+# of its shorter side, so objects of a quarter to a half of the canvas, at
+# least 4 % of the side apart (the layouts' gap), are what compositions ask for.
+_COMPOSITION_SIDES = {1: (0.30, 0.60), 2: (0.25, 0.48), 3: (0.22, 0.45), 4: (0.22, 0.42)}
+_COMPOSITION_WEIGHTS = {0: 0.08, 1: 0.22, 2: 0.30, 3: 0.24, 4: 0.16}
+
+
+def sample_composition_scene(
+    rng: np.random.Generator, pool: list[tuple[str, ...]], size: int = COMPOSITION_SIZE
+) -> tuple[Scene, int]:
+    """A ``size``-px scene laid out like the composition benchmark's, and its pool index.
+
+    0 to 4 base objects (a pool entry; index ``len(pool)`` with no object, whose
+    caption is ``EMPTY_CAPTION``), each a quarter to a half of the canvas side,
+    gapped as the benchmark's boxes are, so the base model learns the object
+    sizes and the empty space between them that compositions ask for."""
+    n = int(rng.choice(list(_COMPOSITION_WEIGHTS), p=list(_COMPOSITION_WEIGHTS.values())))
+    background = str(rng.choice(list(BACKGROUNDS)))
+    if n == 0:
+        return Scene(render((), background, size), EMPTY_CAPTION, (), background), len(pool)
+    candidates = [i for i, entry in enumerate(pool) if len(entry) == n]
+    index = int(candidates[int(rng.integers(len(candidates)))])
+    labels = pool[index]
+    lo, hi = (int(round(v * size)) for v in _COMPOSITION_SIDES[n])
+    boxes = sample_layout(rng, n, (lo, hi), image_size=size, gap=int(round(0.04 * size)))
+    objects = tuple(PlacedObject(label, box) for label, box in zip(labels, boxes))
+    return Scene(render(objects, background, size), caption(labels), objects, background), index
+
+
 _CLUTTER_SHAPES = (*SHAPES, "down_triangle")
 
 
@@ -270,22 +318,22 @@ def clutter_scene(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def personal_scene(rng: np.random.Generator, name: str) -> Scene:
-    """One personal object alone, at a random size and place: a training photo."""
+def personal_scene(rng: np.random.Generator, name: str, size: int = IMAGE_SIZE) -> Scene:
+    """One personal object alone, at a random size (3/8 to 5/8 of the side) and place: a training photo."""
     if name not in PERSONAL_OBJECTS:
         raise ValueError(f"unknown personal object {name!r}; use one of {list(PERSONAL_OBJECTS)}")
-    box = sample_layout(rng, 1, (24, 40))[0]
+    box = sample_layout(rng, 1, (size * 3 // 8, size * 5 // 8), image_size=size)[0]
     background = str(rng.choice(list(BACKGROUNDS)))
     objects = (PlacedObject(name, box),)
-    return Scene(render(objects, background), caption([name]), objects, background)
+    return Scene(render(objects, background, size), caption([name]), objects, background)
 
 
-def personal_training_set(name: str, n: int = 10, seed: int = 0) -> list[Scene]:
-    """The ~10 photos a user would give the trainer for one personal object."""
+def personal_training_set(name: str, n: int = 10, seed: int = 0, size: int = IMAGE_SIZE) -> list[Scene]:
+    """The ~10 photos a user would give the trainer for one personal object, ``size`` px."""
     if name not in PERSONAL_OBJECTS:
         raise ValueError(f"unknown personal object {name!r}; use one of {list(PERSONAL_OBJECTS)}")
     rng = np.random.default_rng([seed, list(PERSONAL_OBJECTS).index(name)])
-    return [personal_scene(rng, name) for _ in range(n)]
+    return [personal_scene(rng, name, size) for _ in range(n)]
 
 
 def to_tensor(images: np.ndarray | list[np.ndarray]):
