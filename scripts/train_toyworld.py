@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     if have_stage64:
         taesd = B.new_taesd(settings.seed)
         taesd_stored = CK.load_weights(stage64_file)[1]
-        taesd.load_state_dict({k: v.float() for k, v in taesd_stored.items() if k.startswith("taesd_")})
+        taesd.load_state_dict({k: v.float() for k, v in taesd_stored.items() if k.startswith("taesd_")}, strict=False)
         taesd.eval()
     elif taesd_file.exists() and not args.fresh:
         taesd = B.new_taesd(settings.seed)
