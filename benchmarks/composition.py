@@ -28,10 +28,11 @@ regional prompting is done with stock nodes).
 Compositions are drawn on a 128-px canvas, twice the toy model's training
 size: the UNet is convolutional, and a box then holds about one training
 image's worth of latent cells (at 64 px a box is 3-4 cells wide, and an
-object spills over its edge). The regional methods' global prompt is empty —
-it governs everything outside the boxes, and naming the objects there draws
-them there too (on base-object pairs: both in their boxes 0.53 with an empty
-global prompt, 0.25 with the caption). ``no_regions`` has only the caption.
+object spills over its edge). The regional methods' global prompt is
+``scenes.EMPTY_CAPTION`` ("an empty background") — it governs everything
+outside the boxes: naming the objects there draws them there too, and the
+empty prompt "" is CFG's unconditional one, which draws any scene, objects
+included. ``no_regions`` has only the caption.
 
 ``base_objects`` and ``base_objects_lc`` ask for base objects ("a red
 circle") in the boxes, with regional attention alone and with latent
@@ -83,7 +84,7 @@ from omg_core.toyworld.outcomes import OUTCOMES, read_image
 
 BoxN = tuple[float, float, float, float]
 LAYOUTS = FIXED  # the fixed layouts by concept count (the example workflows draw them)
-COMPOSITION_SIZE = 128
+COMPOSITION_SIZE = S.COMPOSITION_SIZE
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,8 @@ class BenchSettings:
     counts: tuple[int, ...] = (2, 3, 4)
     scenes_per_count: int = 24
     max_assignments: int = 6  # which concept goes in which box; scenes_per_count/this images per batch
-    size: int = COMPOSITION_SIZE  # compositions and "alone" images; prior drift at the model's 64 px
-    regional_global: str = ""  # the global prompt of the regional methods (see the module docstring)
+    size: int = COMPOSITION_SIZE  # compositions, "alone" images and prior drift
+    regional_global: str = S.EMPTY_CAPTION  # the global prompt of the regional methods (see the module docstring)
     alone_seeds: int = 8
     drift_seeds: int = 3
     drift_objects: tuple[str, ...] = S.BASE_OBJECTS
@@ -464,6 +465,7 @@ class Bench:
                 self.settings.seed + 500 + i,
                 self.settings.drift_seeds,
                 self.settings.sampler,
+                size=self.settings.size,
             )
             images = decode(self.vae, latents)
             found += [CLASSES[j] for j in self.detector.probabilities(images, locate(images)).argmax(-1).tolist()]
@@ -603,6 +605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--placement-steps", type=float, default=None, help="share of steps placement acts on (0..1)")
     ap.add_argument("--placement-strength", type=float, default=None, help="placement strength (0..1)")
+    ap.add_argument(
+        "--global-prompt", default=None, help=f"the regional methods' global prompt (default {S.EMPTY_CAPTION!r})"
+    )
     args = ap.parse_args(argv)
 
     repo = Path(__file__).resolve().parent.parent
@@ -633,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, placement_steps=args.placement_steps)
     if args.placement_strength is not None:
         settings = replace(settings, placement_strength=args.placement_strength)
+    if args.global_prompt is not None:
+        settings = replace(settings, regional_global=args.global_prompt)
     from omg_core.toyworld.layouts import random_layouts, read_layouts
 
     if args.layouts and args.random:

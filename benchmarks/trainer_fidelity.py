@@ -91,7 +91,9 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log, name
         stats = C.trained_stats(path)
         if stats is None:
             config = dataclasses.replace(C.train_config(name, slot, True, settings), **variant.changes)
-            result = train_concept(model, clip, vae, C.training_images(name, settings.images, settings.seed), config)
+            result = train_concept(
+                model, clip, vae, C.training_images(name, settings.images, settings.seed, settings.size), config
+            )
             stats = {"seconds": round(result.seconds, 1), "probe_loss_end": result.probe_loss_end}
             save_native(path, result.concept, {"toyworld": "1", "down": "basis", "toyworld_train": stats})
             log(f"  {variant.name}/{name}: {stats['seconds']:.0f} s, probe loss {result.probe_loss_end:.4f}")

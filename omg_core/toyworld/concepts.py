@@ -68,6 +68,7 @@ class ConceptTrainSettings:
     images: int = 10
     seed: int = 0
     learn_embedding: bool = True
+    size: int = S.IMAGE_SIZE  # the training photos' side in pixels
 
 
 def orthogonal_file(name: str, directory: Path = CONCEPT_DIR) -> Path:
@@ -78,9 +79,10 @@ def plain_file(name: str, directory: Path = CONCEPT_DIR) -> Path:
     return Path(directory) / f"toyworld-{name}-plain.safetensors"
 
 
-def training_images(name: str, n: int = 10, seed: int = 0) -> torch.Tensor:
-    """The user's photos of a personal object as a ComfyUI IMAGE batch [n, 64, 64, 3]."""
-    return S.to_tensor([s.image for s in S.personal_training_set(name, n, seed)]).permute(0, 2, 3, 1).contiguous()
+def training_images(name: str, n: int = 10, seed: int = 0, size: int = S.IMAGE_SIZE) -> torch.Tensor:
+    """The user's photos of a personal object as a ComfyUI IMAGE batch [n, size, size, 3]."""
+    photos = S.personal_training_set(name, n, seed, size)
+    return S.to_tensor([s.image for s in photos]).permute(0, 2, 3, 1).contiguous()
 
 
 def train_config(name: str, slot: int, orthogonal: bool, settings: ConceptTrainSettings):
@@ -129,7 +131,7 @@ def train_personal_concepts(
             if stats is None:  # not trained yet (an interrupted run resumes here)
                 config = train_config(name, slot, orthogonal, settings)
                 if images is None:
-                    images = training_images(name, settings.images, settings.seed)
+                    images = training_images(name, settings.images, settings.seed, settings.size)
                 result = train_concept(model, clip, vae, images, config)
                 stats = {
                     "seconds": round(result.seconds, 1),

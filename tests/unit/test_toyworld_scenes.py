@@ -113,3 +113,39 @@ def test_to_tensor_is_channels_first_in_unit_range():
     t = S.to_tensor(img)
     assert t.shape == (1, 3, 64, 64) and 0 <= t.min() and t.max() <= 1
     assert np.allclose(t[0].permute(1, 2, 0).numpy() * 255, img)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_composition_scenes_are_laid_out_like_the_benchmark_boxes(seed):
+    """Objects a quarter to 0.6 of the 128-px side, at least 4 % of it apart, all pixels in their boxes;
+    an empty scene is captioned as one and indexed past the pool."""
+    pool = S.base_caption_pool(0)
+    scene, index = S.sample_composition_scene(np.random.default_rng(seed), pool)
+    size = S.COMPOSITION_SIZE
+    assert scene.image.shape == (size, size, 3)
+    if not scene.objects:
+        assert index == len(pool) and scene.caption == S.EMPTY_CAPTION
+        assert _background_mask(scene).all()
+        return
+    assert pool[index] == tuple(o.label for o in scene.objects) and scene.caption == S.caption(pool[index])
+    inside = np.zeros(scene.image.shape[:2], bool)
+    for i, obj in enumerate(scene.objects):
+        x0, y0, x1, y1 = obj.box
+        assert 0.22 * size - 1 <= x1 - x0 <= 0.6 * size + 1 and x1 - x0 == y1 - y0
+        assert all(S._apart(obj.box, other.box, round(0.04 * size)) for other in scene.objects[i + 1 :])
+        inside[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = True
+    assert not (~_background_mask(scene) & ~inside).any()
+
+
+def test_scenes_render_at_the_size_asked_with_the_same_drawing():
+    """A 128-px render of doubled boxes is the 64-px render drawn at twice the resolution."""
+    objects = (S.PlacedObject("red circle", (4, 6, 30, 32)), S.PlacedObject("house", (36, 30, 60, 54)))
+    small = S.render(objects, "sky")
+    large = S.render(tuple(S.PlacedObject(o.label, tuple(2 * v for v in o.box)) for o in objects), "sky", 128)
+    assert large.shape == (128, 128, 3)
+    pooled = large.astype(float).reshape(64, 2, 64, 2, 3).mean((1, 3))
+    assert np.abs(pooled - small).mean() < 2.0
+    photos = S.personal_training_set("kite", 3, seed=1, size=128)
+    assert all(s.image.shape == (128, 128, 3) and 48 <= s.objects[0].box[2] - s.objects[0].box[0] <= 80 for s in photos)
+    assert S.caption([]) == S.EMPTY_CAPTION
