@@ -49,6 +49,7 @@ _FIELD_TYPES = {
     **dict.fromkeys(("form", "target", "down", "prompt", "class_prompt"), str),
     **dict.fromkeys(("flip", "learn_embedding"), _FLAG.__getitem__),
 }
+IMAGE_FIELDS = {"size": int}  # of the training photos (concepts.ConceptTrainSettings), not of TrainConfig
 
 
 @dataclasses.dataclass
@@ -58,11 +59,12 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``name`` or ``name:field=value,field=value`` (fields of ``omg_core.pipelines.train.TrainConfig``)."""
+        """``name`` or ``name:field=value,field=value`` (fields of ``omg_core.pipelines.train.TrainConfig``,
+        and ``size``: the training photos' side in pixels)."""
         from omg_core.pipelines.train import TrainConfig
 
         name, _, rest = text.partition(":")
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        known = {f.name for f in dataclasses.fields(TrainConfig)} | set(IMAGE_FIELDS)
         changes = {}
         for part in filter(None, (p.strip() for p in rest.split(","))):
             key, eq, value = part.partition("=")
@@ -70,7 +72,7 @@ class Variant:
                 raise SystemExit(
                     f"variant {text!r}: {part!r} is not field=value of a TrainConfig field ({sorted(known)})"
                 )
-            changes[key] = _FIELD_TYPES.get(key, float)(value)
+            changes[key] = {**_FIELD_TYPES, **IMAGE_FIELDS}.get(key, float)(value)
         return cls(name.strip(), changes)
 
 
@@ -82,7 +84,9 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log, name
     from omg_core.toyworld import concepts as C
 
     seconds = {}
-    settings = C.ConceptTrainSettings()
+    image_changes = {k: v for k, v in variant.changes.items() if k in IMAGE_FIELDS}
+    settings = dataclasses.replace(C.ConceptTrainSettings(), **image_changes)
+    config_changes = {k: v for k, v in variant.changes.items() if k not in IMAGE_FIELDS}
     Path(directory).mkdir(parents=True, exist_ok=True)
     for slot, name in enumerate(S.PERSONAL_OBJECTS):
         if name not in names:
@@ -90,7 +94,7 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log, name
         path = C.orthogonal_file(name, directory)
         stats = C.trained_stats(path)
         if stats is None:
-            config = dataclasses.replace(C.train_config(name, slot, True, settings), **variant.changes)
+            config = dataclasses.replace(C.train_config(name, slot, True, settings), **config_changes)
             result = train_concept(
                 model, clip, vae, C.training_images(name, settings.images, settings.seed, settings.size), config
             )
