@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compose-steps", type=int, default=None, help="override the composition-size UNet steps")
     ap.add_argument("--fresh", action="store_true", help="ignore cached stages")
     ap.add_argument("--concepts", action="store_true", help="train the personal concepts (needs the base model)")
+    ap.add_argument("--names", default=None, help="with --concepts: a comma-separated part of them (parallel runs)")
+    ap.add_argument("--kinds", default="orthogonal,plain", help="with --concepts: orthogonal, plain or both")
     args = ap.parse_args(argv)
     if args.concepts:
         return train_concepts(args)
@@ -273,6 +275,7 @@ def train_concepts(args) -> int:
 
     from omg_core.toyworld import checkpoint as CK
     from omg_core.toyworld import concepts as C
+    from omg_core.toyworld import scenes as S
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -286,7 +289,18 @@ def train_concepts(args) -> int:
         str(CK.toyworld_checkpoint()), model_options={"dtype": torch.bfloat16}
     )
     w, c = time.time(), time.process_time()
-    report = C.train_personal_concepts(model, clip, vae, directory, settings, log=lambda m: print(m, flush=True))
+    names = tuple(n.strip() for n in (args.names or ",".join(S.PERSONAL_OBJECTS)).split(",") if n.strip())
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if set(names) - set(S.PERSONAL_OBJECTS) or set(kinds) - {"orthogonal", "plain"}:
+        raise SystemExit(f"--names from {', '.join(S.PERSONAL_OBJECTS)}; --kinds from orthogonal, plain")
+    report = C.train_personal_concepts(
+        model, clip, vae, directory, settings, names, log=lambda m: print(m, flush=True), kinds=kinds
+    )
+    if set(names) != set(S.PERSONAL_OBJECTS) or set(kinds) != {"orthogonal", "plain"}:
+        print(
+            f"trained {', '.join(kinds)} {', '.join(names)}; run without --names/--kinds to finish and write the formats"
+        )
+        return 0
     timing = {"wall_s": round(time.time() - w, 1), "cpu_s": round(time.process_time() - c, 1)}
     # a resumed run reports only its own time; each file's header keeps what training it took
     timing["training_s_all_concepts"] = round(sum(r["seconds"] for r in report.values()), 1)

@@ -114,18 +114,26 @@ def train_personal_concepts(
     settings: ConceptTrainSettings = ConceptTrainSettings(),
     names: tuple[str, ...] = tuple(S.PERSONAL_OBJECTS),
     log: Callable[[str], None] | None = None,
+    kinds: tuple[str, ...] = ("orthogonal", "plain"),
 ) -> dict[str, dict]:
-    """Train every personal concept orthogonally (slot i) and plainly; write native files."""
+    """Train every personal concept orthogonally (slot i) and plainly; write native files.
+
+    ``names``/``kinds`` select a part, so that parts can train in separate processes; a
+    concept keeps slot i of ``S.PERSONAL_OBJECTS`` whatever the selection."""
     from omg_core.formats.native import save_native
     from omg_core.pipelines.train import train_concept
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     report = {}
-    for slot, name in enumerate(names):
+    for slot, name in enumerate(S.PERSONAL_OBJECTS):
+        if name not in names:
+            continue
         images = None
         for orthogonal in (True, False):
             kind = "orthogonal" if orthogonal else "plain"
+            if kind not in kinds:
+                continue
             path = orthogonal_file(name, directory) if orthogonal else plain_file(name, directory)
             stats = trained_stats(path)
             if stats is None:  # not trained yet (an interrupted run resumes here)
