@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,6 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings; results go to .cache/toyworld-quick only")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is best on a busy machine)")
     ap.add_argument("--unet-steps", type=int, default=None, help="override the UNet training steps")
-    ap.add_argument("--compose-steps", type=int, default=None, help="override the composition-size UNet steps")
     ap.add_argument("--fresh", action="store_true", help="ignore cached stages")
     ap.add_argument("--concepts", action="store_true", help="train the personal concepts (needs the base model)")
     ap.add_argument("--names", default=None, help="with --concepts: a comma-separated part of them (parallel runs)")
@@ -94,13 +94,17 @@ def main(argv=None) -> int:
     det_steps, det_examples = 1500, 8000
     if args.quick:
         settings = dataclasses.replace(
-            settings, taesd_steps=20, n_scenes=256, unet_steps=20, unet_batch=8, compose_scenes=64, compose_steps=8
+            settings,
+            taesd_steps=20,
+            n_scenes=256,
+            unet_steps=20,
+            unet_batch=8,
+            compose_scenes=64,
+            compose_rounds=((4, 1e-4), (4, 1e-4)),
         )
         det_steps, det_examples = 50, 500
     if args.unet_steps:
         settings = dataclasses.replace(settings, unet_steps=args.unet_steps)
-    if args.compose_steps:
-        settings = dataclasses.replace(settings, compose_steps=args.compose_steps)
     work = REPO / ".cache" / ("toyworld-quick" if args.quick else "toyworld")
     out_dir = work / "assets" if args.quick else CK.ASSET_DIR
     work.mkdir(parents=True, exist_ok=True)
@@ -179,7 +183,18 @@ def main(argv=None) -> int:
         cached["conds"] = clock.run("captions", B.encode_captions, clip, captions)
         torch.save(cached, captions_file)
     conds, uncond = cached["conds"][:-1], cached["conds"][-1:]  # conds[len(pool)]: the empty scene
-    small = clock.run("latents", B.encode_scenes, taesd, settings, pool)
+
+    def latents(name, fn, key):
+        """A stage's latents, cached beside the stages under the settings that decide them."""
+        path = work / f"{name.replace(' ', '-')}.pt"
+        stored = torch.load(path) if path.exists() and not args.fresh else None
+        if stored is not None and stored["key"] == key:
+            return stored["latents"], stored["index"]
+        out = clock.run(name, fn, taesd, settings, pool)
+        torch.save({"key": key, "latents": out[0], "index": out[1]}, path)
+        return out
+
+    small = latents("latents", B.encode_scenes, [settings.seed, settings.n_scenes, captions])
     print(f"{len(pool)} captions, {small[0].shape[0]} scenes, latent std {small[0].std():.3f}", flush=True)
     meta = {"settings": json.dumps(dataclasses.asdict(settings))}
     if not have_stage64:
@@ -199,24 +214,32 @@ def main(argv=None) -> int:
         model, clip = load(CK.load_weights(stage64_file)[0])
 
     # 3b. UNet at the composition size, from the 64-px stage (see omg_core.toyworld.base_model)
-    large = clock.run("composition latents", B.encode_composition_scenes, taesd, settings, pool)
-    print(f"{large[0].shape[0]} composition scenes {tuple(large[0].shape[1:])}", flush=True)
-    unet = clock.run(
-        "unet composition",
-        B.train_unet,
-        model,
-        [large, small],
-        conds,
-        uncond,
-        settings,
-        settings.compose_stage(),
-        log=lambda m: print(" ", m, flush=True),
-        resume_path=work / f"unet-compose-{settings.compose_steps}.resume.pt",
+    large = latents(
+        "composition latents", B.encode_composition_scenes, [settings.seed, settings.compose_scenes, captions]
     )
+    print(f"{large[0].shape[0]} composition scenes {tuple(large[0].shape[1:])}", flush=True)
+    # Each round's result is cached in the shipped format (unet-compose-N.safetensors) and is the next one's start.
+    for i, stage in enumerate(settings.compose_stages(), start=1):
+        round_file = work / f"unet-compose-{i}.safetensors"
+        if not round_file.exists() or args.fresh:
+            unet = clock.run(
+                f"unet composition {i}",
+                B.train_unet,
+                model,
+                [large, small],
+                conds,
+                uncond,
+                settings,
+                stage,
+                log=lambda m: print(" ", m, flush=True),
+                resume_path=work / f"unet-compose-{i}.resume.pt",
+            )
+            CK.save_weights(unet, B.taesd_state(taesd), round_file, meta)
+        model, clip = load(CK.load_weights(round_file)[0])
 
     # 4. ship: quantised weights + manifest, then assemble and measure through ComfyUI
     weights_file = out_dir / "base_weights.safetensors"
-    CK.save_weights(unet, B.taesd_state(taesd), weights_file, meta)
+    shutil.copyfile(round_file, weights_file)
     ckpt = CK.write_checkpoint(
         work / "toyworld.safetensors", *CK.load_weights(weights_file)[:2], settings.clip_seed, reference
     )

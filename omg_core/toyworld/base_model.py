@@ -69,18 +69,21 @@ class BaseTrainSettings:
     ema_decay: float = 0.998
     threads: int = 1
     compose_scenes: int = 8000
-    compose_steps: int = 1000
+    # The composition-size stage in rounds of (steps, peak learning rate), each with its own warm-up
+    # and cosine decay, each starting from the last one's weights. One round of 1000 steps left the
+    # model drawing merged blobs for multi-object captions at 128 px, hence the second, longer one.
+    compose_rounds: tuple[tuple[int, float], ...] = ((1000, 1.5e-4), (1500, 2.5e-4))
     compose_batch: int = 16
-    compose_lr: float = 1.5e-4
     compose_low_res_every: int = 4  # every k-th composition-stage batch is a 64-px one
 
     def unet_stage(self) -> UNetStage:
         return UNetStage(self.unet_steps, self.unet_batch, self.unet_lr, self.seed + 3)
 
-    def compose_stage(self) -> UNetStage:
-        return UNetStage(
-            self.compose_steps, self.compose_batch, self.compose_lr, self.seed + 4, self.compose_low_res_every
-        )
+    def compose_stages(self) -> list[UNetStage]:
+        return [
+            UNetStage(steps, self.compose_batch, lr, self.seed + 4 + i, self.compose_low_res_every)
+            for i, (steps, lr) in enumerate(self.compose_rounds)
+        ]
 
 
 @dataclass(frozen=True)
