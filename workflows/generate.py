@@ -18,7 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))  # omg_core: the benchmark's box layouts
+    sys.path.append(str(REPO))  # omg_core: the benchmark's box layouts, the toy world's captions
+
+from omg_core.toyworld.scenes import EMPTY_CAPTION  # noqa: E402
+
 FRONTEND_VERSION = "1.32.9"
 PINNED_COMFYUI = "0.3.75"  # the host whose node schemas the templates are written from
 CHECKPOINT = "omg-toyworld-sd15.safetensors"  # the toy world's model (README: "The toy world")
@@ -28,9 +31,10 @@ SEED = 0
 STEPS = 16
 SIZE = 128  # twice the toy model's 64-px training size: each box holds about one training image
 UPSCALE = 2  # saved images are enlarged (nearest) so they can be looked at
-# The global prompt covers everything outside the boxes; in the toy world that is plain background
-# (naming the objects there would draw them outside their boxes too).
-GLOBAL_PROMPT = ""
+# The global prompt covers everything outside the boxes: in the toy world, plain background, which
+# its model knows by this caption (naming the objects there would draw them outside their boxes too,
+# and the empty prompt is guidance's unconditional one, which draws any scene).
+GLOBAL_PROMPT = EMPTY_CAPTION  # "an empty background"
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
