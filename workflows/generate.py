@@ -35,6 +35,7 @@ UPSCALE = 2  # saved images are enlarged (nearest) so they can be looked at
 # its model knows by this caption (naming the objects there would draw them outside their boxes too,
 # and the empty prompt is guidance's unconditional one, which draws any scene).
 GLOBAL_PROMPT = EMPTY_CAPTION  # "an empty background"
+DEMO_PAIR = ("house", "berry")  # the two concepts of the two-box examples, left and right
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -248,7 +249,9 @@ class Graph:
 
 
 # ------------------------------------------------------------------ workflows
-NEGATIVE = "blurry, low quality, deformed"
+# The toy world's model knows no words for image flaws; its negative prompt is the empty one, the
+# unconditional prompt it was trained with (and what the composition benchmark measures with).
+NEGATIVE = ""
 
 
 def lora(name: str, plain: bool = False) -> str:
@@ -371,13 +374,13 @@ HOW_TO_DRAW = (
 
 def two_concepts_regions(g: Graph) -> None:
     note = (
-        "Two concepts, each in its own box.\n\nThe toy world's house and berry concepts (trained in orthogonal "
+        f"Two concepts, each in its own box.\n\nThe toy world's {DEMO_PAIR[0]} and {DEMO_PAIR[1]} concepts (trained in orthogonal "
         "slots of one basis) are fused into one model (additive); "
         "OMG Regions says where each region prompt applies; OMG Apply Regional Attention keeps each prompt "
         "inside its box. OMG Attention Maps shows where each concept's trigger word was attended while "
         "sampling, with the boxes outlined: each concept stays in its box.\n\n" + HOW_TO_DRAW
     )
-    ckpt, fuse, apply, latent = regional_workflow(g, ["house", "berry"], SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
+    ckpt, fuse, apply, latent = regional_workflow(g, list(DEMO_PAIR), SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
     concepts = [n for n in g.nodes if n.type == "OMGLoadConcept"][-1]
     apply.set(concepts=concepts["concepts"], record_attention_maps=True)
     ks = sample_and_save(
@@ -434,7 +437,7 @@ def fused_vs_routed(g: Graph) -> None:
         "prompt sees both. Bottom (routed): the base model, and each region's prompt uses only the concept whose "
         "trigger word it contains - no cross-talk by construction.\n\n" + HOW_TO_DRAW
     )
-    names = ["house", "berry"]
+    names = list(DEMO_PAIR)
     prompt = GLOBAL_PROMPT
     ckpt, fuse, apply, latent = regional_workflow(g, names, SIZE, SIZE, prompt, "additive", note)
     apply.title = "OMG Apply Regional Attention (fused)"
@@ -547,19 +550,19 @@ def train_concept(g: Graph) -> None:
 def detected_boxes_regions(g: Graph) -> None:
     """A core box becomes a region; the regions' boxes go back to a core node that draws them."""
     note = (
-        "Regions from core boxes (ComfyUI 0.33 and later).\n\nThe house's box is drawn on OMG Regions; the "
-        "berry's comes from a core Bounding Box node in pixels (connect a detector such as RT-DETR, SAM 3 or "
+        f"Regions from core boxes (ComfyUI 0.33 and later).\n\nThe {DEMO_PAIR[0]}'s box is drawn on OMG Regions; the "
+        f"{DEMO_PAIR[1]}'s comes from a core Bounding Box node in pixels (connect a detector such as RT-DETR, SAM 3 or "
         "MediaPipe face there instead). Detected boxes follow the drawn ones and take the next prompt lines; "
         "the last line serves every further detected box, so one line puts a concept on every detected face. "
         "OMG Regions' bboxes output goes to Draw BBoxes, which draws every region over the image."
     )
-    ckpt, fuse, apply, latent = regional_workflow(g, ["house", "berry"], SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
+    ckpt, fuse, apply, latent = regional_workflow(g, list(DEMO_PAIR), SIZE, SIZE, GLOBAL_PROMPT, "additive", note)
     regions = next(n for n in g.nodes if n.type == "OMGRegions")
     from benchmarks.composition import LAYOUTS
 
     drawn, (x0, y0, x1, y1) = LAYOUTS[2]
     box = dict(x=round(x0 * SIZE), y=round(y0 * SIZE), width=round((x1 - x0) * SIZE), height=round((y1 - y0) * SIZE))
-    core = g.node("PrimitiveBoundingBox", (740, 760), (320, 150), title="Bounding Box (the berry)", **box)
+    core = g.node("PrimitiveBoundingBox", (740, 760), (320, 150), title=f"Bounding Box (the {DEMO_PAIR[1]})", **box)
     regions.set(
         boxes=json.dumps({"version": 1, "boxes": [dict(zip(("x0", "y0", "x1", "y1"), drawn))]}),
         detected_boxes=core["BOUNDING_BOX"],

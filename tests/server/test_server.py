@@ -73,8 +73,10 @@ def test_example_workflow_runs_through_prompt_api(server, server_object_info, wo
 
 
 def test_demo_workflow_draws_each_concept_in_its_own_box(server, server_object_info):
-    """What the README's demo command shows, read by the toy world's detector: the
-    house in the left box and the berry in the right one (seed 0 of the workflow)."""
+    """What the README's demo command shows, read by the toy world's detector: each
+    concept its region prompt names in that region's box. The workflow as saved, with
+    its latent batch raised to 4 (seed 0): the benchmark's own rate for this pair and
+    method is 5 of 8, so at least 2 of 4 must hold both (README, "The toy world")."""
     import numpy as np
     import torch
     from PIL import Image
@@ -82,14 +84,21 @@ def test_demo_workflow_draws_each_concept_in_its_own_box(server, server_object_i
     from omg_core.toyworld.detector import load_detector
 
     workflow = json.loads((REPO / "workflows" / "omg_two_concepts_regions.json").read_text())
-    entry = server.run_prompt(comfy_host.workflow_to_api(workflow, server_object_info))
-    (image,) = [
+    prompt = comfy_host.workflow_to_api(workflow, server_object_info)
+    (latent,) = [n for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
+    latent["inputs"]["batch_size"] = 4
+    entry = server.run_prompt(prompt)
+    images = [
         img for out in entry["outputs"].values() for img in out.get("images", []) if "two_concepts" in img["filename"]
     ]
-    pixels = np.array(
-        Image.open(server.base_dir / "output" / image.get("subfolder", "") / image["filename"]).convert("RGB")
-    )
+    assert len(images) == 4
     regions = next(n for n in workflow["nodes"] if n["type"] == "OMGRegions")
     boxes = [tuple(b[k] for k in ("x0", "y0", "x1", "y1")) for b in json.loads(regions["widgets_values"][2])["boxes"]]
-    found = load_detector().classify(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, boxes)
-    assert found == ["house", "berry"]
+    wanted = [line.removeprefix("a ") for line in regions["widgets_values"][3].splitlines()]
+    assert len(wanted) == len(boxes) == 2 and set(wanted) <= {"target", "house", "kite", "berry"}, wanted
+    detector, found = load_detector(), []
+    for image in images:
+        path = server.base_dir / "output" / image.get("subfolder", "") / image["filename"]
+        pixels = np.array(Image.open(path).convert("RGB"))
+        found.append(detector.classify(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, boxes))
+    assert sum(f == wanted for f in found) >= 2, found
