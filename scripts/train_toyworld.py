@@ -5,10 +5,11 @@
     python scripts/train_toyworld.py --quick    # a smoke run with tiny settings, writes nothing to assets/
 
 Stages are cached under ``.cache/toyworld/`` so an interrupted run resumes at
-the stage it was in; the UNet's 64-px stage is kept there as
-``unet-64.safetensors`` (the shipped format), and the composition-size stage
-starts from it — put an earlier 64-px ``base_weights.safetensors`` there to
-run only the composition stage. The result, written to ``assets/toyworld/``:
+the stage it was in; the UNet's stages are kept there in the shipped format
+(``unet-64.safetensors``, then ``unet-compose-N.safetensors`` per composition
+round), and a run trains only the stages after the last one it finds — put a
+shipped ``base_weights.safetensors`` there as ``unet-compose-N.safetensors`` to
+train only the rounds after N. The result, written to ``assets/toyworld/``:
 ``base_weights.safetensors`` (UNet int8 + TAESD fp16), ``detector.safetensors``,
 ``manifest.json`` (settings, text-encoder probe, timings, measured accuracy) and
 ``concepts/`` (each personal concept orthogonal and plain, and in every external format).
@@ -113,14 +114,19 @@ def main(argv=None) -> int:
         clock.stages.clear()
     print(f"settings: {dataclasses.asdict(settings)}", flush=True)
 
-    # 1-3: autoencoder, detector, UNet at 64 px. The 64-px stage's result (UNet + TAESD, the
-    # shipped format) is cached as unet-64.safetensors; with it, the autoencoder is not retrained.
-    stage64_file = work / "unet-64.safetensors"
-    have_stage64 = stage64_file.exists() and not args.fresh
+    # 1-3: autoencoder, detector, UNet. The UNet trains in stages — the 64-px one, then the
+    # composition rounds — and each stage's result (UNet + TAESD, the shipped format) is cached.
+    # A run trains only the stages after the last cached one, each starting from its predecessor's
+    # file (so a resumed run starts every stage from the weights an uninterrupted one does), and
+    # reads the autoencoder from a cached stage instead of retraining it.
+    stage_files = [work / "unet-64.safetensors"] + [
+        work / f"unet-compose-{i}.safetensors" for i in range(1, len(settings.compose_rounds) + 1)
+    ]
+    done = 0 if args.fresh else max((i + 1 for i, f in enumerate(stage_files) if f.exists()), default=0)
     taesd_file = work / "taesd.pt"
-    if have_stage64:
+    if done:
         taesd = B.new_taesd(settings.seed)
-        taesd_stored = CK.load_weights(stage64_file)[1]
+        taesd_stored = CK.load_weights(stage_files[done - 1])[1]
         taesd.load_state_dict({k: v.float() for k, v in taesd_stored.items() if k.startswith("taesd_")}, strict=False)
         taesd.eval()
     elif taesd_file.exists() and not args.fresh:
@@ -171,18 +177,13 @@ def main(argv=None) -> int:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
         return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:2]
 
-    if have_stage64:
-        model, clip = load(CK.load_weights(stage64_file)[0])
-    else:
-        unet0 = {
-            k.removeprefix("model.diffusion_model."): v for k, v in build_unet_state(SD15_UNET, settings.seed).items()
-        }
-        model, clip = load(unet0)
-    if cached is None or cached["captions"] != captions or cached["clip_probe"] != reference:
-        cached = {"captions": captions, "clip_probe": reference}
-        cached["conds"] = clock.run("captions", B.encode_captions, clip, captions)
-        torch.save(cached, captions_file)
-    conds, uncond = cached["conds"][:-1], cached["conds"][-1:]  # conds[len(pool)]: the empty scene
+    def start(i):
+        """The model stage i trains from: the previous stage's file, or the seeded initial UNet."""
+        if i:
+            return load(CK.load_weights(stage_files[i - 1])[0])
+        return load(
+            {k.removeprefix("model.diffusion_model."): v for k, v in build_unet_state(SD15_UNET, settings.seed).items()}
+        )
 
     def latents(name, fn, key):
         """A stage's latents, cached beside the stages under the settings that decide them."""
@@ -194,52 +195,43 @@ def main(argv=None) -> int:
         torch.save({"key": key, "latents": out[0], "index": out[1]}, path)
         return out
 
-    small = latents("latents", B.encode_scenes, [settings.seed, settings.n_scenes, captions])
-    print(f"{len(pool)} captions, {small[0].shape[0]} scenes, latent std {small[0].std():.3f}", flush=True)
+    stages = [("unet", settings.unet_stage(), f"unet-{settings.unet_steps}.resume.pt")] + [
+        (f"unet composition {i}", stage, f"unet-compose-{i}.resume.pt")
+        for i, stage in enumerate(settings.compose_stages(), start=1)
+    ]
     meta = {"settings": json.dumps(dataclasses.asdict(settings))}
-    if not have_stage64:
+    for i in range(done, len(stages)):
+        name, stage, resume_name = stages[i]
+        model, clip = start(i)
+        if cached is None or cached["captions"] != captions or cached["clip_probe"] != reference:
+            cached = {"captions": captions, "clip_probe": reference}
+            cached["conds"] = clock.run("captions", B.encode_captions, clip, captions)
+            torch.save(cached, captions_file)
+        conds, uncond = cached["conds"][:-1], cached["conds"][-1:]  # conds[len(pool)]: the empty scene
+        small = latents("latents", B.encode_scenes, [settings.seed, settings.n_scenes, captions])
+        data = [small]
+        if i:  # 3b. at the composition size, every k-th batch a 64-px one (see omg_core.toyworld.base_model)
+            key = [settings.seed, settings.compose_scenes, captions]
+            data = [latents("composition latents", B.encode_composition_scenes, key), small]
+        print(f"{name}: {', '.join(str(tuple(d[0].shape)) for d in data)} latents, {len(pool)} captions", flush=True)
         unet = clock.run(
-            "unet",
+            name,
             B.train_unet,
             model,
-            [small],
+            data,
             conds,
             uncond,
             settings,
-            settings.unet_stage(),
+            stage,
             log=lambda m: print(" ", m, flush=True),
-            resume_path=work / f"unet-{settings.unet_steps}.resume.pt",
+            resume_path=work / resume_name,
         )
-        CK.save_weights(unet, B.taesd_state(taesd), stage64_file, meta)
-        model, clip = load(CK.load_weights(stage64_file)[0])
-
-    # 3b. UNet at the composition size, from the 64-px stage (see omg_core.toyworld.base_model)
-    large = latents(
-        "composition latents", B.encode_composition_scenes, [settings.seed, settings.compose_scenes, captions]
-    )
-    print(f"{large[0].shape[0]} composition scenes {tuple(large[0].shape[1:])}", flush=True)
-    # Each round's result is cached in the shipped format (unet-compose-N.safetensors) and is the next one's start.
-    for i, stage in enumerate(settings.compose_stages(), start=1):
-        round_file = work / f"unet-compose-{i}.safetensors"
-        if not round_file.exists() or args.fresh:
-            unet = clock.run(
-                f"unet composition {i}",
-                B.train_unet,
-                model,
-                [large, small],
-                conds,
-                uncond,
-                settings,
-                stage,
-                log=lambda m: print(" ", m, flush=True),
-                resume_path=work / f"unet-compose-{i}.resume.pt",
-            )
-            CK.save_weights(unet, B.taesd_state(taesd), round_file, meta)
-        model, clip = load(CK.load_weights(round_file)[0])
+        CK.save_weights(unet, B.taesd_state(taesd), stage_files[i], meta)
+        del model, clip
 
     # 4. ship: quantised weights + manifest, then assemble and measure through ComfyUI
     weights_file = out_dir / "base_weights.safetensors"
-    shutil.copyfile(round_file, weights_file)
+    shutil.copyfile(stage_files[-1], weights_file)
     ckpt = CK.write_checkpoint(
         work / "toyworld.safetensors", *CK.load_weights(weights_file)[:2], settings.clip_seed, reference
     )
