@@ -49,8 +49,10 @@ Beyond the rates, each box's **outcome** is counted — right, spill (the
 concept found, mostly outside its box), bleed, base object, empty, other —
 and each image's **stray objects** outside every box (``outcomes``); every
 rate also per concept; and each method's **cost** per image as a ratio to
-plain sampling of the same batch, timed in the same run (plain batches are
-interleaved with the method's).
+plain sampling of the same batch with the same weights, timed in the same run
+(plain batches are interleaved with the method's) — what placement costs per
+image. Fusing a set of concepts is a one-time cost per set (ComfyUI keeps the
+fused model between runs), reported apart as ``fusion s``.
 
 Layouts: the fixed ones (``layouts.FIXED``, what the example workflows draw),
 ``--random N`` layouts per count from ``layouts.random_layouts`` with
@@ -166,6 +168,7 @@ class BenchSettings:
     layouts: tuple[Layout, ...] | None = None  # None: the fixed layouts
     placement_strength: float = 1.0
     placement_steps: float = 0.3
+    placement_window: float = 0.0
 
 
 QUICK = BenchSettings(
@@ -194,7 +197,8 @@ class MethodResult:
     drift_accuracy: Rate = field(default_factory=Rate)
     drift_changed: Rate = field(default_factory=Rate)
     seconds: float = 0.0  # sampling the method's composition images
-    plain_seconds: float = 0.0  # sampling the same batches plainly (interleaved)
+    plain_seconds: float = 0.0  # sampling the same batches plainly with the same weights (interleaved)
+    fusion_seconds: float = 0.0  # fusing each set of concepts, once per set (not part of the cost ratio)
 
     @property
     def cost(self) -> float:
@@ -221,6 +225,7 @@ class MethodResult:
             "drift_changed": self.drift_changed.as_dict(),
             "seconds": self.seconds,
             "plain_seconds": self.plain_seconds,
+            "fusion_seconds": self.fusion_seconds,
             "cost": self.cost,
         }
 
@@ -242,6 +247,7 @@ class BenchResult:
                 "layouts": None if self.settings.layouts is None else layouts_json(self.settings.layouts),
                 "placement_strength": self.settings.placement_strength,
                 "placement_steps": self.settings.placement_steps,
+                "placement_window": self.settings.placement_window,
                 "seed": self.settings.seed,
                 "counts": list(self.settings.counts),
                 "scenes_per_count": self.settings.scenes_per_count,
@@ -350,7 +356,10 @@ class Bench:
             prompts = [RegionPrompt(self.encode(kind, r.prompt)[0][0]) for r in regions]
             bindings = [self.sets[kind].get(lab) for lab in labels] if method.conditioning == "routed" else None
             placement = PlacementSettings(
-                method.placement, self.settings.placement_strength, self.settings.placement_steps
+                method.placement,
+                self.settings.placement_strength,
+                self.settings.placement_steps,
+                self.settings.placement_window,
             )
             model = apply_regional_attention(
                 model, spec, prompts, mode=method.conditioning, bindings=bindings, placement=placement
@@ -370,13 +379,15 @@ class Bench:
         parts = [self.prompt(lab, kind) for lab in labels]
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
-    def plain(self, seed: int, batch: int) -> torch.Tensor:
-        """Plain sampling of a batch like a method's (base model, empty prompt): the cost reference."""
+    def plain(self, model, seed: int, batch: int) -> torch.Tensor:
+        """Plain sampling of a batch like a method's with its weights (empty prompt): the cost
+        reference, so the ratio is what placement costs per image; fusing the weights is a
+        one-time cost per set of concepts, timed apart."""
         from omg_core.toyworld.generate import sample
 
         kind = "orthogonal"
         empty = self.encode(kind, "")
-        return sample(self.model, empty, empty, seed, batch, self.settings.sampler, size=self.settings.size)
+        return sample(model, empty, empty, seed, batch, self.settings.sampler, size=self.settings.size)
 
     def layouts(self, n: int) -> list[Layout]:
         st = self.settings
@@ -410,12 +421,16 @@ class Bench:
         strays, stray_images = Rate(), Rate()
         for a, (boxes, labels, per) in enumerate(self.scenes(n, method.objects)):
             seed = st.seed + 1000 * n + a
-            # Timed against a plain batch of the same size, interleaved, so machine load hits both alike.
+            started = time.perf_counter()
+            weights = self.weights(method, [lab for lab in labels if lab in self.sets[method.concepts]])
+            result.fusion_seconds += time.perf_counter() - started
+            # Timed against a plain batch of the same size and weights, interleaved, so machine load
+            # hits both alike.
             started = time.perf_counter()
             images = self.render(method, labels, boxes, seed, per)
             result.seconds += time.perf_counter() - started
             started = time.perf_counter()
-            self.plain(seed, per)
+            self.plain(weights, seed, per)
             result.plain_seconds += time.perf_counter() - started
             first = None
             for image in images:
@@ -518,17 +533,24 @@ def format_table(result: BenchResult) -> str:
     counts = result.settings.counts
     head = ["method"] + [f"success n={n}" for n in counts] + [f"in box n={n}" for n in counts]
     head += [f"bleed n={n}" for n in counts] + [f"strays/img n={n}" for n in counts]
-    head += ["alone", "prior acc", "prior changed", "cost"]
+    head += ["alone", "prior acc", "prior changed", "cost", "fusion s"]
     rows = []
     for name, r in result.methods.items():
         row = [name] + [str(r.success[n]) for n in counts] + [str(r.in_company[n]) for n in counts]
         row += [str(r.bleed[n]) for n in counts] + [_per_image(r.strays[n]) for n in counts]
-        row += [str(r.alone) if r.alone.n else "-", str(r.drift_accuracy), str(r.drift_changed), f"{r.cost:.2f}x"]
+        row += [
+            str(r.alone) if r.alone.n else "-",
+            str(r.drift_accuracy),
+            str(r.drift_changed),
+            f"{r.cost:.2f}x",
+            f"{r.fusion_seconds:.1f}",
+        ]
         rows.append(row)
     lines = _markdown(head, rows)
     lines.append(
         f"base model, no concepts: prior accuracy {result.base_accuracy}; rates with 95% Wilson intervals; "
-        f"cost: sampling time per image over plain sampling of the same batches, interleaved; {result.seconds:.0f} s"
+        "cost: sampling time per image over plain sampling of the same batches with the same weights, "
+        f"interleaved; fusion s: fusing the concept sets, once each; {result.seconds:.0f} s"
     )
     rows = []
     for name, r in result.methods.items():
@@ -606,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--placement-steps", type=float, default=None, help="share of steps placement acts on (0..1)")
     ap.add_argument("--placement-strength", type=float, default=None, help="placement strength (0..1)")
     ap.add_argument(
+        "--placement-window", type=float, default=None, help="latent composition's least crop side (0..1 of the image)"
+    )
+    ap.add_argument(
         "--global-prompt", default=None, help=f"the regional methods' global prompt (default {S.EMPTY_CAPTION!r})"
     )
     args = ap.parse_args(argv)
@@ -638,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, placement_steps=args.placement_steps)
     if args.placement_strength is not None:
         settings = replace(settings, placement_strength=args.placement_strength)
+    if args.placement_window is not None:
+        settings = replace(settings, placement_window=args.placement_window)
     if args.global_prompt is not None:
         settings = replace(settings, regional_global=args.global_prompt)
     from omg_core.toyworld.layouts import random_layouts, read_layouts

@@ -234,7 +234,9 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     default=DEFAULT_PLACEMENT,
                     optional=True,
                     tooltip="How hard each concept is pushed into its box early in sampling. attention: regional "
-                    "attention only (one UNet pass per step). latent_composition: in the first placement_steps of "
+                    "attention only (one UNet pass per step). self_attention: in the first placement_steps a "
+                    "query inside a box attends within its box and the background within the background, so "
+                    "boxes do not merge (one UNet pass). latent_composition: in the first placement_steps of "
                     "the run each box is also denoised on its own crop with its own prompt (routed: its own "
                     "concept) and blended in by placement_strength — one extra UNet pass per box, on the box's area, "
                     "in those steps.",
@@ -258,6 +260,17 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     tooltip="Share of the sampling steps, from the first, that placement acts on; later steps "
                     "use regional attention alone and join the boxes with the rest of the image.",
                 ),
+                io.Float.Input(
+                    "placement_window",
+                    default=PlacementSettings().window,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="latent_composition: each box's own pass denoises at least this share of the image's "
+                    "width and height around the box (only the box is blended in). A small box alone is an image "
+                    "far smaller than the model was trained on, and comes back empty; 0: the box itself.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="A patched clone; the input model is unchanged."),
@@ -267,8 +280,13 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, placement_strength=None, placement_steps=None) -> bool | str:
-        return numbers_in_range(cls, placement_strength=placement_strength, placement_steps=placement_steps)
+    def validate_inputs(cls, placement_strength=None, placement_steps=None, placement_window=None) -> bool | str:
+        return numbers_in_range(
+            cls,
+            placement_strength=placement_strength,
+            placement_steps=placement_steps,
+            placement_window=placement_window,
+        )
 
     @classmethod
     def execute(
@@ -282,10 +300,11 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         placement=DEFAULT_PLACEMENT,
         placement_strength=1.0,
         placement_steps=0.3,
+        placement_window=PlacementSettings().window,
         record_attention_maps=False,
     ) -> io.NodeOutput:
         recorder = concept_recorder(model, clip, regions, mode, concepts) if record_attention_maps else None
-        how = PlacementSettings(placement, placement_strength, placement_steps)
+        how = PlacementSettings(placement, placement_strength, placement_steps, placement_window)
         patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts, recorder, how)
         preview = render_preview(regions)
         # Warnings go to the console (regional_warnings) and, written under the preview, onto the node itself;

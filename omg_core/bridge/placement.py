@@ -13,6 +13,7 @@ from omg_core.ops.placement import (
     active_steps,
     blend,
     crop_cells,
+    crop_window,
     layout_bias,
     layout_labels,
 )
@@ -50,7 +51,7 @@ class LatentComposition:
             cells = crop_cells(self.spec.regions[index].box, h, w)
             if cells is None:
                 continue
-            r0, r1, c0, c1 = cells
+            r0, r1, c0, c1 = crop_window(cells, h, w, self.settings.window)
             own = {k: v for k, v in options.items() if k != RECORDER_OPTION}  # a box's own pass records nothing
             own[REGION_PASS_OPTION] = state
             # Spatial conditions (inpainting's c_concat) follow the crop; ControlNet residuals are full-size
@@ -59,7 +60,9 @@ class LatentComposition:
             crop_c["transformer_options"] = own
             if isinstance(c.get("c_concat"), torch.Tensor) and c["c_concat"].shape[-2:] == (h, w):
                 crop_c["c_concat"] = c["c_concat"][..., r0:r1, c0:c1]
-            crops.append((cells, self._apply(apply_model, x[..., r0:r1, c0:c1], t, crop_c)))
+            pred = self._apply(apply_model, x[..., r0:r1, c0:c1], t, crop_c)
+            b0, b1, d0, d1 = cells  # the box's cells inside the window
+            crops.append((cells, pred[..., b0 - r0 : b1 - r0, d0 - c0 : d1 - c0]))
         return blend(full, crops, self.settings.strength)
 
 

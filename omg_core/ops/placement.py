@@ -47,16 +47,19 @@ DEFAULT_PLACEMENT = "latent_composition"  # chosen by the composition benchmark 
 @dataclass(frozen=True)
 class PlacementSettings:
     """``strength`` 0..1: the box prediction's share inside the box;
-    ``steps`` 0..1: the share of the schedule (from the first step) it acts on."""
+    ``steps`` 0..1: the share of the schedule (from the first step) it acts on;
+    ``window`` 0..1 (latent composition): each box's own pass denoises at
+    least this share of each side of the image around the box (``crop_window``)."""
 
     method: str = DEFAULT_PLACEMENT
     strength: float = 1.0
     steps: float = 0.3
+    window: float = 0.0
 
     def __post_init__(self):
         if self.method not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.method!r}")
-        for name in ("strength", "steps"):
+        for name in ("strength", "steps", "window"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
                 raise ValueError(f"placement {name} must be a number in 0..1, got {value!r}")
@@ -79,6 +82,27 @@ def crop_cells(box: tuple[float, float, float, float], h: int, w: int) -> tuple[
     """The latent cells a box covers (the regions' box rule), None when it covers none."""
     r0, r1, c0, c1 = box_cells(box, h, w)
     return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
+
+
+def crop_window(cells: tuple[int, int, int, int], h: int, w: int, share: float) -> tuple[int, int, int, int]:
+    """The cells a box's own pass denoises: its ``cells`` grown, centred on
+    them, to at least ``share`` of each side of the h × w latent (shifted
+    inwards at an edge, never past the latent).
+
+    A box's own pass draws what the model draws for an image of the crop's
+    size; a crop far below the sizes it was trained on (a 30 % box is a
+    48-px image to a model trained at 64 and 128 px) comes back empty or as a
+    smudge. The wider window is denoised with the region's prompt and only
+    the box's cells are blended, so the object still forms centred in the box."""
+    r0, r1, c0, c1 = cells
+
+    def grow(a: int, b: int, side: int) -> tuple[int, int]:
+        want = min(side, max(b - a, math.ceil(share * side - 1e-9)))
+        start = min(max(0, (a + b - want) // 2), side - want)
+        return start, start + want
+
+    (r0, r1), (c0, c1) = grow(r0, r1, h), grow(c0, c1, w)
+    return r0, r1, c0, c1
 
 
 def blend(full: torch.Tensor, crops: Sequence[tuple[tuple[int, int, int, int], torch.Tensor]], strength: float):

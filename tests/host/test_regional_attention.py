@@ -536,6 +536,31 @@ def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15
     assert (out[inside] - base[inside]).abs().max() > 1e-2, "the box's own pass must matter"
 
 
+def test_a_latent_composition_window_denoises_around_the_box_and_blends_the_box_only(sd15):
+    """With a window of 0.75 the box's own pass sees the 6 x 12 cells around its 4 x 8 (rows 1:7,
+    columns 0:12 of 8 x 16); inside the box the prediction is that pass's box part, outside it is the
+    regional pass bit for bit."""
+    from omg_core.ops.placement import PlacementSettings
+
+    model, clip, _ = sd15
+    neg = enc(clip, "")
+    layout = spec(Region("a blue square", box=(0.0, 0.25, 0.5, 0.75)), width=128, height=64)
+    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(3))
+    attention, positive = rp().regional_prompting(model, clip, layout, "a red circle")
+    placed, _ = rp().regional_prompting(
+        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0, 0.75)
+    )
+    base = _sample_noise(attention, positive, neg, noise)
+    out = _sample_noise(placed, positive, neg, noise)
+    outside = torch.ones(8, 16, dtype=torch.bool)
+    outside[2:6, 0:8] = False
+    assert torch.equal(out[..., outside], base[..., outside])
+    window = _sample_noise(model, enc(clip, "a blue square"), neg, noise[..., 1:7, 0:12])
+    torch.testing.assert_close(out[..., 2:6, 0:8], window[..., 1:5, 0:8], rtol=1e-3, atol=1e-3)
+    crop = _sample_noise(model, enc(clip, "a blue square"), neg, noise[..., 2:6, 0:8])
+    assert (window[..., 1:5, 0:8] - crop).abs().max() > 1e-2, "the window must be what the box's pass saw"
+
+
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
     from omg_core.ops.placement import PlacementSettings
 

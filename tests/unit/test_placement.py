@@ -1,10 +1,20 @@
 """Placement's pure parts: which steps it acts on, which cells a box's crop
 holds, and how crop predictions are blended into the full pass."""
 
+import math
+
 import pytest
 import torch
 
-from omg_core.ops.placement import PLACEMENTS, PlacementSettings, active_steps, blend, crop_cells, region_alone
+from omg_core.ops.placement import (
+    PLACEMENTS,
+    PlacementSettings,
+    active_steps,
+    blend,
+    crop_cells,
+    crop_window,
+    region_alone,
+)
 from omg_core.ops.regions import Region, RegionSpec
 
 
@@ -21,6 +31,21 @@ def test_placement_acts_on_the_first_share_of_the_schedule_only():
 def test_a_crop_holds_the_cells_wholly_inside_its_box():
     assert crop_cells((0.0, 0.2, 0.42, 0.8), 16, 16) == (4, 12, 0, 6)
     assert crop_cells((0.5, 0.5, 0.55, 0.55), 16, 16) is None  # smaller than one cell
+
+
+def test_a_crop_window_grows_around_its_box_to_the_least_share_and_stays_inside_the_latent():
+    assert crop_window((4, 12, 0, 6), 16, 16, 0.0) == (4, 12, 0, 6)  # share 0: the box's own cells
+    assert crop_window((4, 12, 5, 11), 16, 16, 0.5) == (4, 12, 4, 12)  # 6 columns grown to 8, centred
+    assert crop_window((4, 12, 0, 6), 16, 16, 0.5) == (4, 12, 0, 8)  # at the left edge: grown inwards
+    assert crop_window((10, 16, 13, 16), 16, 16, 0.5) == (8, 16, 8, 16)  # a corner: shifted to fit
+    assert crop_window((2, 5, 3, 4), 16, 16, 1.0) == (0, 16, 0, 16)  # share 1: the whole latent
+    for cells in [(0, 3, 2, 9), (7, 9, 14, 16), (5, 6, 5, 6)]:
+        for share in (0.3, 0.5, 0.75):
+            r0, r1, c0, c1 = crop_window(cells, 12, 16, share)
+            assert 0 <= r0 <= cells[0] and cells[1] <= r1 <= 12 and 0 <= c0 <= cells[2] and cells[3] <= c1 <= 16
+            assert r1 - r0 == max(cells[1] - cells[0], math.ceil(share * 12)) and c1 - c0 == max(
+                cells[3] - cells[2], math.ceil(share * 16)
+            )
 
 
 def test_blend_replaces_inside_the_crop_by_strength_and_averages_overlaps():
@@ -50,6 +75,7 @@ def test_a_region_alone_covers_its_whole_pass_with_its_own_prompts():
         ({"method": "magic"}, "placement must be one of"),
         ({"strength": float("nan")}, "strength must be a number in 0..1"),
         ({"steps": 1.5}, "steps must be a number in 0..1"),
+        ({"window": -0.1}, "window must be a number in 0..1"),
     ],
 )
 def test_placement_settings_refuse_what_they_cannot_do(kwargs, message):
