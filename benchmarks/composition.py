@@ -78,6 +78,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omg_core.ops.placement import PlacementSettings
 from omg_core.toyworld import scenes as S
 from omg_core.toyworld.detector import CLASSES
 from omg_core.toyworld.generate import SamplerSettings
@@ -166,9 +167,9 @@ class BenchSettings:
     seed: int = 0
     regularization: float = 1e-3
     layouts: tuple[Layout, ...] | None = None  # None: the fixed layouts
-    placement_strength: float = 1.0
-    placement_steps: float = 0.3
-    placement_window: float = 0.0
+    placement_strength: float = PlacementSettings().strength
+    placement_steps: float = PlacementSettings().steps
+    placement_window: float = PlacementSettings().window
 
 
 QUICK = BenchSettings(
@@ -348,7 +349,6 @@ class Bench:
         negative = self.encode(kind, "")
         if method.conditioning in ("fused", "routed"):
             from omg_core.bridge.attention_patch import RegionPrompt, apply_regional_attention
-            from omg_core.ops.placement import PlacementSettings
             from omg_core.ops.regions import Region, RegionSpec
 
             regions = tuple(Region(self.prompt(lab, kind), box=tuple(b)) for lab, b in zip(labels, boxes))

@@ -182,6 +182,8 @@ def bench(
 ) -> list[dict]:
     """``placements``: placement methods timed on steps where they act (``steps`` share 1): a run
     that places on a share s of its steps costs (1 - s) of a regional step plus s of a placed one."""
+    from dataclasses import replace
+
     from omg_core.bridge.attention_patch import apply_regional_attention
     from omg_core.ops.placement import PlacementSettings
 
@@ -190,7 +192,9 @@ def bench(
         spec, prompts = region_setup(n, size, size)
         configs.append(("regional", n, apply_regional_attention(model, spec, prompts)))
         for method in placements:
-            placed = apply_regional_attention(model, spec, prompts, placement=PlacementSettings(method, 1.0, 1.0))
+            placed = apply_regional_attention(
+                model, spec, prompts, placement=replace(PlacementSettings(method), strength=1.0, steps=1.0)
+            )
             configs.append((f"regional + {method}", n, placed))
     for n in couple_counts:
         spec, prompts = region_setup(n, size, size)

@@ -243,7 +243,7 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "placement_strength",
-                    default=1.0,
+                    default=PlacementSettings().strength,
                     min=0.0,
                     max=1.0,
                     step=0.05,
@@ -252,7 +252,7 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "placement_steps",
-                    default=0.3,
+                    default=PlacementSettings().steps,
                     min=0.0,
                     max=1.0,
                     step=0.05,
@@ -298,8 +298,8 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         mode,
         concepts=None,
         placement=DEFAULT_PLACEMENT,
-        placement_strength=1.0,
-        placement_steps=0.3,
+        placement_strength=PlacementSettings().strength,
+        placement_steps=PlacementSettings().steps,
         placement_window=PlacementSettings().window,
         record_attention_maps=False,
     ) -> io.NodeOutput:

@@ -523,7 +523,7 @@ def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15
     noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(3))
     attention, positive = rp().regional_prompting(model, clip, layout, "a red circle")
     placed, _ = rp().regional_prompting(
-        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0)
+        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0, 0.0)
     )
     base = _sample_noise(attention, positive, neg, noise)
     out = _sample_noise(placed, positive, neg, noise)
