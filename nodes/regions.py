@@ -187,6 +187,11 @@ class OMGMaskRegion(io.ComfyNode):
         return io.NodeOutput(mask_region(mask, prompt, weight, feather, ratio, negative_prompt or "", regions))
 
 
+def _share_input(name: str, default: float, tooltip: str):
+    """A placement setting that is a share (0..1) of something, in steps of 0.05."""
+    return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.05, optional=True, tooltip=tooltip)
+
+
 class OMGApplyRegionalAttention(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -241,33 +246,21 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     "concept) and blended in by placement_strength — one extra UNet pass per box, on the box's area, "
                     "in those steps.",
                 ),
-                io.Float.Input(
+                _share_input(
                     "placement_strength",
-                    default=PlacementSettings().strength,
-                    min=0.0,
-                    max=1.0,
-                    step=0.05,
-                    optional=True,
-                    tooltip="Share of the box's own prediction inside the box (0: as attention, 1: the box's own).",
+                    PlacementSettings().strength,
+                    "Share of the box's own prediction inside the box (0: as attention, 1: the box's own).",
                 ),
-                io.Float.Input(
+                _share_input(
                     "placement_steps",
-                    default=PlacementSettings().steps,
-                    min=0.0,
-                    max=1.0,
-                    step=0.05,
-                    optional=True,
-                    tooltip="Share of the sampling steps, from the first, that placement acts on; later steps "
+                    PlacementSettings().steps,
+                    "Share of the sampling steps, from the first, that placement acts on; later steps "
                     "use regional attention alone and join the boxes with the rest of the image.",
                 ),
-                io.Float.Input(
+                _share_input(
                     "placement_window",
-                    default=PlacementSettings().window,
-                    min=0.0,
-                    max=1.0,
-                    step=0.05,
-                    optional=True,
-                    tooltip="latent_composition: each box's own pass denoises at least this share of the image's "
+                    PlacementSettings().window,
+                    "latent_composition: each box's own pass denoises at least this share of the image's "
                     "width and height around the box (only the box is blended in). A small box alone is an image "
                     "far smaller than the model was trained on, and comes back empty; 0: the box itself.",
                 ),

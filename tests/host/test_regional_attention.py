@@ -492,6 +492,22 @@ def test_bad_boxes_are_refused_when_queued_before_anything_runs(host, boxes, mes
         host.run(workflow(CHECKPOINT, regional=True, boxes=boxes))
 
 
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("placement_window", 1.5, "placement_window 1.5 is above its maximum 1"),
+        ("placement_steps", float("nan"), "placement_steps is nan: give it a finite number"),
+    ],
+)
+def test_placement_settings_out_of_range_are_refused_when_queued(host, name, value, message):
+    import comfy_host
+
+    prompt = workflow(CHECKPOINT, regional=True)
+    prompt["8"]["inputs"][name] = value
+    with pytest.raises(comfy_host.PromptFailed, match=f"prompt invalid.*{message}"):
+        host.run(prompt)
+
+
 def test_a_non_finite_strength_is_refused_when_queued(host):
     import comfy_host
 
@@ -512,53 +528,34 @@ def _sample_noise(model, positive, negative, noise, steps=1, cfg=7.0):
     return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent)
 
 
-def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15):
-    """One Euler step returns the blended prediction itself: inside the box it is the box's own pass (the
-    plain model with the region's prompt on the crop of the noise), outside the regional pass bit for bit."""
+@pytest.mark.parametrize("window, cells", [(0.0, (2, 6, 0, 8)), (0.75, (1, 7, 0, 12))])
+def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15, window, cells):
+    """One Euler step returns the blended prediction itself: inside the box (its 4 x 8 cells of 8 x 16) it
+    is the box's own pass — the plain model with the region's prompt on the noise of its window, the box
+    itself or, with a window of 0.75, the 6 x 12 cells around it, cut to the box — and outside the regional
+    pass bit for bit."""
     from omg_core.ops.placement import PlacementSettings
 
     model, clip, _ = sd15
-    neg = enc(clip, "")
+    neg, own = enc(clip, ""), enc(clip, "a blue square")
     layout = spec(Region("a blue square", box=(0.0, 0.25, 0.5, 0.75)), width=128, height=64)
     noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(3))
     attention, positive = rp().regional_prompting(model, clip, layout, "a red circle")
     placed, _ = rp().regional_prompting(
-        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0, 0.0)
-    )
-    base = _sample_noise(attention, positive, neg, noise)
-    out = _sample_noise(placed, positive, neg, noise)
-    inside = (slice(None), slice(None), slice(2, 6), slice(0, 8))  # the box's cells at 8 x 16
-    outside = torch.ones(8, 16, dtype=torch.bool)
-    outside[2:6, 0:8] = False
-    assert torch.equal(out[..., outside], base[..., outside])
-    crop = _sample_noise(model, enc(clip, "a blue square"), neg, noise[inside])
-    torch.testing.assert_close(out[inside], crop, rtol=1e-3, atol=1e-3)
-    assert (out[inside] - base[inside]).abs().max() > 1e-2, "the box's own pass must matter"
-
-
-def test_a_latent_composition_window_denoises_around_the_box_and_blends_the_box_only(sd15):
-    """With a window of 0.75 the box's own pass sees the 6 x 12 cells around its 4 x 8 (rows 1:7,
-    columns 0:12 of 8 x 16); inside the box the prediction is that pass's box part, outside it is the
-    regional pass bit for bit."""
-    from omg_core.ops.placement import PlacementSettings
-
-    model, clip, _ = sd15
-    neg = enc(clip, "")
-    layout = spec(Region("a blue square", box=(0.0, 0.25, 0.5, 0.75)), width=128, height=64)
-    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(3))
-    attention, positive = rp().regional_prompting(model, clip, layout, "a red circle")
-    placed, _ = rp().regional_prompting(
-        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0, 0.75)
+        model, clip, layout, "a red circle", placement=PlacementSettings("latent_composition", 1.0, 1.0, window)
     )
     base = _sample_noise(attention, positive, neg, noise)
     out = _sample_noise(placed, positive, neg, noise)
     outside = torch.ones(8, 16, dtype=torch.bool)
     outside[2:6, 0:8] = False
     assert torch.equal(out[..., outside], base[..., outside])
-    window = _sample_noise(model, enc(clip, "a blue square"), neg, noise[..., 1:7, 0:12])
-    torch.testing.assert_close(out[..., 2:6, 0:8], window[..., 1:5, 0:8], rtol=1e-3, atol=1e-3)
-    crop = _sample_noise(model, enc(clip, "a blue square"), neg, noise[..., 2:6, 0:8])
-    assert (window[..., 1:5, 0:8] - crop).abs().max() > 1e-2, "the window must be what the box's pass saw"
+    r0, r1, c0, c1 = cells
+    passed = _sample_noise(model, own, neg, noise[..., r0:r1, c0:c1])[..., 2 - r0 : 6 - r0, 0 - c0 : 8 - c0]
+    torch.testing.assert_close(out[..., 2:6, 0:8], passed, rtol=1e-3, atol=1e-3)
+    assert (out[..., 2:6, 0:8] - base[..., 2:6, 0:8]).abs().max() > 1e-2, "the box's own pass must matter"
+    if cells != (2, 6, 0, 8):
+        crop = _sample_noise(model, own, neg, noise[..., 2:6, 0:8])
+        assert (passed - crop).abs().max() > 1e-2, "the window must be what the box's pass saw"
 
 
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):

@@ -76,7 +76,8 @@ def test_demo_workflow_draws_each_concept_in_its_own_box(server, server_object_i
     """What the README's demo command shows, read by the toy world's detector: each
     concept its region prompt names in that region's box. The workflow as saved, with
     its latent batch raised to 4 (seed 0): the benchmark's own rate for this pair and
-    method is 5 of 8, so at least 2 of 4 must hold both (README, "The toy world")."""
+    method was 5 of 8 with placement over 0.3 of the steps (the default now places over
+    0.6, which the benchmark measures higher), so at least 2 of 4 must hold both."""
     import numpy as np
     import torch
     from PIL import Image
