@@ -310,8 +310,10 @@ class Bench:
             self._cond[key] = encode(self.clips[kind], text)
         return self._cond[key]
 
-    def weights(self, method: Method, names: Sequence[str]):
-        """The MODEL with the method's weight patches for these concepts."""
+    def weights(self, method: Method, labels: Sequence[str]):
+        """The MODEL with the method's weight patches for the concepts among ``labels``
+        (base objects carry none)."""
+        names = [n for n in labels if n in self.sets[method.concepts]]
         key = (method.concepts, method.fusion, tuple(sorted(names)))
         if method.fusion is None or not names:
             return self.model
@@ -338,8 +340,7 @@ class Bench:
         from omg_core.toyworld.generate import decode, sample
 
         kind = method.concepts
-        concepts = [n for n in labels if n in self.sets[kind]]
-        model = self.weights(method, concepts)
+        model = self.weights(method, labels)
         size = self.settings.size
         if method.conditioning == "global":
             global_prompt = self._caption(kind, [labels[i] for i in caption_order(boxes)])
@@ -422,7 +423,7 @@ class Bench:
         for a, (boxes, labels, per) in enumerate(self.scenes(n, method.objects)):
             seed = st.seed + 1000 * n + a
             started = time.perf_counter()
-            weights = self.weights(method, [lab for lab in labels if lab in self.sets[method.concepts]])
+            weights = self.weights(method, labels)
             result.fusion_seconds += time.perf_counter() - started
             # Timed against a plain batch of the same size and weights, interleaved, so machine load
             # hits both alike.

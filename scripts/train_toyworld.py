@@ -200,6 +200,7 @@ def main(argv=None) -> int:
         for i, stage in enumerate(settings.compose_stages(), start=1)
     ]
     meta = {"settings": json.dumps(dataclasses.asdict(settings))}
+    small = large = None  # each data set read (or encoded) once, by the first stage that needs it
     for i in range(done, len(stages)):
         name, stage, resume_name = stages[i]
         model, clip = start(i)
@@ -208,11 +209,14 @@ def main(argv=None) -> int:
             cached["conds"] = clock.run("captions", B.encode_captions, clip, captions)
             torch.save(cached, captions_file)
         conds, uncond = cached["conds"][:-1], cached["conds"][-1:]  # conds[len(pool)]: the empty scene
-        small = latents("latents", B.encode_scenes, [settings.seed, settings.n_scenes, captions])
+        if small is None:
+            small = latents("latents", B.encode_scenes, [settings.seed, settings.n_scenes, captions])
         data = [small]
         if i:  # 3b. at the composition size, every k-th batch a 64-px one (see omg_core.toyworld.base_model)
-            key = [settings.seed, settings.compose_scenes, captions]
-            data = [latents("composition latents", B.encode_composition_scenes, key), small]
+            if large is None:
+                key = [settings.seed, settings.compose_scenes, captions]
+                large = latents("composition latents", B.encode_composition_scenes, key)
+            data = [large, small]
         print(f"{name}: {', '.join(str(tuple(d[0].shape)) for d in data)} latents, {len(pool)} captions", flush=True)
         unet = clock.run(
             name,

@@ -94,7 +94,7 @@ def crop_window(cells: tuple[int, int, int, int], h: int, w: int, share: float) 
 
     A box's own pass draws what the model draws for an image of the crop's
     size; a crop far below the sizes it was trained on (a 30 % box is a
-    48-px image to a model trained at 64 and 128 px) comes back empty or as a
+    38-px image to a model trained at 64 and 128 px) comes back empty or as a
     smudge. The wider window is denoised with the region's prompt and only
     the box's cells are blended, so the object still forms centred in the box."""
     r0, r1, c0, c1 = cells
