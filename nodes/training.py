@@ -146,6 +146,18 @@ class OMGTrainConcept(io.ComfyNode):
                     "model keeps its idea of the class.",
                 ),
                 io.Combo.Input("form", options=list(FORMS), default="lora", optional=True, tooltip=_FORM_TOOLTIP),
+                io.Float.Input(
+                    "crop",
+                    default=TrainConfig.crop,
+                    min=0.0,
+                    max=0.9,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Scale and position augmentation: each augmented copy of an image is a random square "
+                    "cut, up to this share of the side smaller, enlarged back to full size, so the concept is seen "
+                    "larger and at other places than in the photos. 0.4 suits a concept that will be drawn in boxes "
+                    "(it fills its box more than a photo's subject fills the photo); 0: no cropping.",
+                ),
             ],
             outputs=[
                 io.String.Output(display_name="filename", tooltip="The saved file, relative to the loras folder."),
@@ -154,8 +166,10 @@ class OMGTrainConcept(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, learning_rate=None, filename=None, overwrite=False, form=None, target=None) -> bool | str:
-        numbers = numbers_in_range(cls, learning_rate=learning_rate)
+    def validate_inputs(
+        cls, learning_rate=None, filename=None, overwrite=False, form=None, target=None, crop=None
+    ) -> bool | str:
+        numbers = numbers_in_range(cls, learning_rate=learning_rate, crop=crop)
         if numbers is not True:
             return numbers
         if target is not None and TARGET_CHOICES.get(target, target) not in TARGET_CHOICES.values():
@@ -189,6 +203,7 @@ class OMGTrainConcept(io.ComfyNode):
         overwrite: bool = False,
         prior_images=None,
         form: str = "lora",
+        crop: float = TrainConfig.crop,
     ) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -207,6 +222,7 @@ class OMGTrainConcept(io.ComfyNode):
             learn_embedding=learn_embedding,
             name=os.path.splitext(os.path.basename(name))[0],
             form=form,
+            crop=crop,
         )
         bar = comfy.utils.ProgressBar(steps)
 

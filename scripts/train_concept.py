@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="adapter form (default lora): svd = U·diag(σ)·basis rows (prunable, saved as a LoRA); kronecker = "
         "8x8 ⊗ (U·basis rows) (saved as a LoKr); every form k/v-only and orthogonal across slots",
     )
+    p.add_argument(
+        "--crop",
+        type=float,
+        default=None,
+        help="scale/position augmentation: largest share of a side a random cut drops before it is enlarged "
+        "back (default: the trainer's; 0.4 for a concept that will be drawn in boxes)",
+    )
     p.add_argument("--learn-embedding", action="store_true", help="also learn a trigger-word embedding")
     p.add_argument("--prior-images", type=Path, help="folder with class images for prior preservation")
     p.add_argument("--resolution", type=int, default=512, help="images are resized and center-cropped to this")
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         learn_embedding=args.learn_embedding,
         name=args.out.stem,
         form=args.form,
+        **({} if args.crop is None else {"crop": args.crop}),
     )
     try:
         config.validate()

@@ -415,6 +415,7 @@ def _to_concept(adapters, vectors, config: TrainConfig, family: str, losses: lis
         "omg_train_steps": str(len(losses)),
         "omg_train_learning_rate": repr(config.learning_rate),
         "omg_train_seed": str(config.seed),
+        "omg_train_crop": repr(config.crop),
         "omg_class_word": config.class_word.strip(),
         "omg_train_prompt": config.instance_prompt(),
         "omg_train_final_loss": f"{losses[-1]:.6f}" if losses else "",

@@ -341,13 +341,14 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
 
     from omg_core.formats.native import read_native_concept
 
-    host.run(_node_prompt())
+    host.run(_node_prompt(crop=0.25))
     name, curve = host.node_outputs("3")[:2]
     assert name[0] == "omg-test/node-trained.safetensors"
     assert curve[0].shape[0] == 1 and curve[0].shape[-1] == 3
     path = os.path.join(folder_paths.get_folder_paths("loras")[0], "omg-test", "node-trained.safetensors")
     concept = read_native_concept(path)
     assert concept.triggers == ("omgnode",) and concept.metadata["omg_basis_slot"] == "5"
+    assert concept.metadata["omg_train_crop"] == "0.25"
     assert concept.embeddings and concept.embeddings[0].token == "omgnode"
     for u in concept.unet.values():
         assert torch.equal(u.down, basis_rows(7, 5, 4, u.in_features))
@@ -360,6 +361,7 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
         ({"filename": "omg-test-cat"}, "already exists: choose another output filename, or turn overwrite on"),
         ({"filename": "omg-test-cat", "overwrite": True}, "already exists and is not a concept trained by this node"),
         ({"learning_rate": float("nan")}, "learning_rate is nan: give it a finite number"),
+        ({"crop": 0.95}, "crop 0.95 is above its maximum 0.9"),
         ({"slot": 4000, "filename": "omg-test/slot-4000"}, "slot 4000 is out of range"),
     ],
 )
