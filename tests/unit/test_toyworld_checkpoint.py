@@ -73,3 +73,17 @@ def test_a_trained_concept_file_carries_its_training_record_so_a_run_resumes_pas
     assert trained_stats(tmp_path / "done.safetensors") == record
     assert trained_stats(tmp_path / "other.safetensors") is None
     assert trained_stats(tmp_path / "missing.safetensors") is None
+
+
+def test_the_toy_recipe_reaches_the_trainer_config_whole():
+    """Every recipe field that the trainer reads arrives in its TrainConfig (a field lost on the way
+    would train every toy concept with the trainer's default instead, silently)."""
+    from dataclasses import replace
+
+    from omg_core.toyworld.concepts import ConceptTrainSettings, train_config
+
+    settings = replace(ConceptTrainSettings(), steps=7, learning_rate=0.02, rank=2, batch_size=3, crop=0.25)
+    config = train_config("kite", 2, True, settings)
+    assert (config.steps, config.learning_rate, config.rank, config.batch_size, config.crop) == (7, 0.02, 2, 3, 0.25)
+    assert (config.slot, config.down, config.learn_embedding) == (2, "basis", settings.learn_embedding)
+    config.validate()
