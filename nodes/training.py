@@ -155,8 +155,9 @@ class OMGTrainConcept(io.ComfyNode):
                     optional=True,
                     tooltip="Scale and position augmentation: each augmented copy of an image is a random square "
                     "cut, up to this share of the side smaller, enlarged back to full size, so the concept is seen "
-                    "larger and at other places than in the photos. 0.4 suits a concept that will be drawn in boxes "
-                    "(it fills its box more than a photo's subject fills the photo); 0: no cropping.",
+                    "larger and at other places than in the photos. 0.4 trains a concept that will be drawn in boxes at "
+                    "the sizes a box asks for (it fills its box more than a photo's subject fills the photo); 0: no "
+                    "cropping.",
                 ),
             ],
             outputs=[
