@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))
     from omg_core.model.forms import FORMS
+    from omg_core.pipelines.train import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="SD1.5 or SDXL checkpoint (.safetensors)")
@@ -50,9 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--crop",
         type=float,
-        default=None,
+        default=TrainConfig.crop,
         help="scale/position augmentation: largest share of a side a random cut drops before it is enlarged "
-        "back (default: the trainer's; 0.4 for a concept that will be drawn in boxes)",
+        f"back (default {TrainConfig.crop}; 0.4 trains a concept at the sizes a box asks for)",
     )
     p.add_argument("--learn-embedding", action="store_true", help="also learn a trigger-word embedding")
     p.add_argument("--prior-images", type=Path, help="folder with class images for prior preservation")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         learn_embedding=args.learn_embedding,
         name=args.out.stem,
         form=args.form,
-        **({} if args.crop is None else {"crop": args.crop}),
+        crop=args.crop,
     )
     try:
         config.validate()
