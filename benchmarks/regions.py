@@ -7,7 +7,8 @@ CPU at 256×256 and 512×512 (one torch thread by default): plain, with the pack
 2/4/8 boxes, and with the attention-couple approach implemented here for
 comparison (every region attends with the full image's queries, repeated per
 region, and the outputs are summed under the masks), and with each placement
-method (``omg_core.ops.placement``) on a step where it acts. The ratio to plain is
+method (``omg_core.ops.placement``) on a step where it acts (latent composition
+also with one UNet call per box, to show what batching the boxes buys). The ratio to plain is
 taken on the process's CPU time per step, which other processes on a shared
 machine disturb far less than wall-clock time (both are printed).
 Configurations are interleaved round by round and the median per
@@ -196,6 +197,12 @@ def bench(
                 model, spec, prompts, placement=replace(PlacementSettings(method), strength=1.0, steps=1.0)
             )
             configs.append((f"regional + {method}", n, placed))
+            if method == "latent_composition":  # the boxes' passes one UNet call each, as before batching
+                apart = apply_regional_attention(
+                    model, spec, prompts, placement=replace(PlacementSettings(method), strength=1.0, steps=1.0)
+                )
+                apart.model_options["model_function_wrapper"].batched = False
+                configs.append((f"regional + {method}, a call per box", n, apart))
     for n in couple_counts:
         spec, prompts = region_setup(n, size, size)
         configs.append(("attention couple", n, couple_model(model, spec, prompts)))
@@ -249,6 +256,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per configuration")
     p.add_argument("--no-couple", action="store_true", help="skip the attention-couple baseline")
     p.add_argument("--no-512", action="store_true", help="skip 512×512 for the SD1.5-sized UNet")
+    p.add_argument("--tiny-only", action="store_true", help="only the tiny UNet at 256 px (minutes, not an hour)")
+    p.add_argument(
+        "--toy",
+        action="store_true",
+        help="instead, the toy world's trained checkpoint at 128 px, the composition benchmark's size (minutes)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -271,12 +284,19 @@ def main(argv=None) -> int:
 
     rows = []
     started = time.perf_counter()
-    tiny = build_sd15_inprocess(SD15_UNET)
-    if args.quick:
+    if args.toy:
+        from omg_core.toyworld.generate import load_toyworld
+
+        toy, _, _ = load_toyworld()
+        rows += bench("toy world", toy, 128, (2, 4, 8), args.rounds or 5, 1, couple((2, 4, 8)), log, placed)
+    elif args.quick:
+        tiny = build_sd15_inprocess(SD15_UNET)
         rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log, placed)
     else:
+        tiny = build_sd15_inprocess(SD15_UNET)
         rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)
         del tiny
+    if not (args.toy or args.quick or args.tiny_only):
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
         full = build_sd15_inprocess(SD15_FULL_UNET)
         rows += bench("SD1.5-sized", full, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)

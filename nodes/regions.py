@@ -243,8 +243,8 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     "query inside a box attends within its box and the background within the background, so "
                     "boxes do not merge (one UNet pass). latent_composition: in the first placement_steps of "
                     "the run each box is also denoised on its own crop with its own prompt (routed: its own "
-                    "concept) and blended in by placement_strength — one extra UNet pass per box, on its window "
-                    "(placement_window), in those steps.",
+                    "concept) and blended in by placement_strength — the boxes' windows (placement_window) go "
+                    "through the UNet together, one extra call in those steps.",
                 ),
                 _share_input(
                     "placement_strength",

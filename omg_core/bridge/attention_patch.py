@@ -55,7 +55,7 @@ from omg_core.ops.regions import RegionCells, RegionSpec, rasterize, stretch_war
 MODES = ("fused", "routed")
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
 CONTEXT_OPTION = "omg_attn2_context"  # where the context noter leaves a block's text features
-REGION_PASS_OPTION = "omg_region_pass"  # transformer_options key: the RegionalAttention of a region's own pass
+REGION_PASS_OPTION = "omg_region_pass"  # transformer_options key: each box's own-pass RegionalAttention, in row order
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,9 +351,26 @@ class _LayerPatch:
         return self
 
     def __call__(self, q, k, v, extra_options):
-        # A region's own pass (omg_core.bridge.placement) brings the state that gives the whole pass to that region.
-        state = extra_options.get(REGION_PASS_OPTION) or self.state
-        return state.attend(self.layer, self.previous, q, k, v, extra_options)
+        # Boxes' own passes (omg_core.bridge.placement) bring, for each box's rows in turn, the state
+        # that gives the whole pass to that region.
+        passes = extra_options.get(REGION_PASS_OPTION)
+        if passes is None:
+            return self.state.attend(self.layer, self.previous, q, k, v, extra_options)
+        if len(passes) == 1:
+            return passes[0].attend(self.layer, self.previous, q, k, v, extra_options)
+        n, rows = len(passes), q.shape[0] // len(passes)
+        kinds = list(extra_options.get("cond_or_uncond") or [])
+        ctx = extra_options.get(CONTEXT_OPTION)
+        out = []
+        for i, state in enumerate(passes):
+            part = slice(i * rows, (i + 1) * rows)
+            own = dict(extra_options)
+            if kinds:
+                own["cond_or_uncond"] = kinds[i * len(kinds) // n : (i + 1) * len(kinds) // n]
+            if ctx is not None and ctx.shape[0] == q.shape[0]:
+                own[CONTEXT_OPTION] = ctx[part]
+            out.append(state.attend(self.layer, self.previous, q[part], k[part], v[part], own))
+        return torch.cat(out)
 
 
 def check_routable(concept: Concept, layers: Sequence[CrossAttentionLayer]) -> None:

@@ -22,8 +22,9 @@ carry them out are in ``omg_core.bridge.placement``:
   with the whole crop given to that region's prompt (routed mode: and only
   its concept), and the box's prediction is blended into the full pass's by
   ``strength``. A box the size of an image the model knows then draws one
-  object, centred in the box, and later steps join the pieces. Cost: one
-  extra UNet pass per box, on the box's share of the latent, in those steps.
+  object, centred in the box, and later steps join the pieces. Cost: the
+  boxes' windows denoised once more in those steps — one extra UNet call,
+  the windows of one size batched together.
 
 Sampling with no regions installs nothing, so it stays bit-identical to plain
 sampling. Boxes only: mask regions have no crop and keep plain regional
@@ -121,6 +122,23 @@ def blend(full: torch.Tensor, crops: Sequence[tuple[tuple[int, int, int, int], t
     inside = count > 0
     mixed = full + strength * (acc / count.clamp(min=1) - full)
     return torch.where(inside, mixed, full)
+
+
+def call_groups(windows, area: int) -> list[list[int]]:
+    """The boxes' own passes as UNet calls: indices of windows of one size, in
+    order, each call's windows together no larger than ``area`` cells (the
+    full latent's: a call never needs more activation memory than the full
+    pass); ``area`` 0 gives every window its own call."""
+    calls: list[list[int]] = []
+    open_calls: dict[tuple[int, int], list[int]] = {}
+    for i, (r0, r1, c0, c1) in enumerate(windows):
+        size = (r1 - r0, c1 - c0)
+        current = open_calls.get(size)
+        if current is None or (len(current) + 1) * size[0] * size[1] > area:
+            current = open_calls[size] = []
+            calls.append(current)
+        current.append(i)
+    return calls
 
 
 def region_alone(spec: RegionSpec, index: int) -> RegionSpec:

@@ -558,6 +558,46 @@ def test_latent_composition_gives_each_box_its_own_pass_and_leaves_the_rest(sd15
         assert (passed - crop).abs().max() > 1e-2, "the window must be what the box's pass saw"
 
 
+def test_boxes_own_passes_share_one_unet_call_and_each_keeps_its_own_concept(sd15):
+    """Two routed boxes with windows of one size go through the UNet as one batch: each box's cells are
+    still its own concept, loaded alone, on its own window with its own prompt — and the same as one pass
+    per box."""
+    from omg_core.bridge.patching import apply_updates
+    from omg_core.ops.placement import PlacementSettings
+
+    model, clip, _ = sd15
+    cat, dog = kv_concept(model, "cat", "omgcat", 6), kv_concept(model, "dog", "omgdog", 7)
+    boxes = ((0.0, 0.25, 0.5, 0.75), (0.5, 0.25, 1.0, 0.75))  # 4 x 8 cells each of 8 x 16
+    prompts = ("a omgcat cat", "a omgdog dog")
+    layout = spec(*(Region(p, box=b) for p, b in zip(prompts, boxes)), width=128, height=64)
+    neg = enc(clip, "")
+    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(5))
+    placement = PlacementSettings("latent_composition", 1.0, 1.0, 0.0)
+
+    def placed(batched):
+        patched, positive = rp().regional_prompting(
+            model, clip, layout, "a red circle", "routed", [cat, dog], placement=placement
+        )
+        patched.model_options["model_function_wrapper"].batched = batched
+        calls = []
+        unet = patched.model.diffusion_model
+        hook = unet.register_forward_pre_hook(lambda module, inputs: calls.append(tuple(inputs[0].shape)))
+        try:
+            return _sample_noise(patched, positive, neg, noise), calls
+        finally:
+            hook.remove()
+
+    out, calls = placed(True)
+    assert calls == [(2, 4, 8, 16), (4, 4, 4, 8)], "the full pass, then both boxes (cond and uncond) in one call"
+    for concept, prompt, cols in ((cat, prompts[0], slice(0, 8)), (dog, prompts[1], slice(8, 16))):
+        alone, _ = apply_updates(model, clip, concept.scaled_unet(), {})
+        want = _sample_noise(alone, enc(clip, prompt), neg, noise[..., 2:6, cols])
+        torch.testing.assert_close(out[..., 2:6, cols], want, rtol=1e-3, atol=1e-3)
+    one_by_one, calls = placed(False)
+    assert calls == [(2, 4, 8, 16), (2, 4, 4, 8), (2, 4, 4, 8)]
+    torch.testing.assert_close(out, one_by_one, rtol=1e-4, atol=1e-4)
+
+
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
     from omg_core.ops.placement import PlacementSettings
 

@@ -11,6 +11,7 @@ from omg_core.ops.placement import (
     PlacementSettings,
     active_steps,
     blend,
+    call_groups,
     crop_cells,
     crop_window,
     region_alone,
@@ -58,6 +59,16 @@ def test_blend_replaces_inside_the_crop_by_strength_and_averages_overlaps():
     assert torch.allclose(out[..., :4, 4:], torch.full((2, 4, 4, 4), 1.5))
     assert torch.equal(blend(full, [((0, 4, 0, 4), a)], strength=0.0), full)
     assert blend(full, [], 1.0) is full
+
+
+def test_boxes_passes_share_a_call_per_window_size_within_the_full_latents_area():
+    quarter, other = (0, 4, 0, 4), (0, 5, 0, 4)
+    four_corners = [quarter, (0, 4, 4, 8), (4, 8, 0, 4), (4, 8, 4, 8)]
+    assert call_groups(four_corners, 64) == [[0, 1, 2, 3]]  # 4 windows of 16 cells: one call of the full area
+    assert call_groups([*four_corners, quarter], 64) == [[0, 1, 2, 3], [4]]  # a fifth would exceed it
+    assert call_groups([quarter, other, quarter], 64) == [[0, 2], [1]]  # another size: a call of its own
+    assert call_groups([(0, 8, 0, 8)], 16) == [[0]]  # a window larger than the area still gets its call
+    assert call_groups(four_corners, 0) == [[0], [1], [2], [3]]  # area 0: a call per box
 
 
 def test_a_region_alone_covers_its_whole_pass_with_its_own_prompts():
