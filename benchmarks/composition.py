@@ -193,6 +193,7 @@ class MethodResult:
     strays: dict[int, Rate] = field(default_factory=dict)  # per count: stray objects (k) over images (n)
     stray_images: dict[int, Rate] = field(default_factory=dict)  # per count: images with any stray object
     per_concept: dict[str, Rate] = field(default_factory=dict)  # a box holding its concept, by concept
+    read_as: dict[str, dict[str, int]] = field(default_factory=dict)  # concept -> what its boxes were read as
     alone_per_concept: dict[str, Rate] = field(default_factory=dict)
     alone: Rate = field(default_factory=Rate)
     drift_accuracy: Rate = field(default_factory=Rate)
@@ -220,6 +221,7 @@ class MethodResult:
         return {
             "per_count": per_n,
             "per_concept": {k: r.as_dict() for k, r in self.per_concept.items()},
+            "read_as": self.read_as,
             "alone_per_concept": {k: r.as_dict() for k, r in self.alone_per_concept.items()},
             "alone": self.alone.as_dict(),
             "drift_accuracy": self.drift_accuracy.as_dict(),
@@ -445,8 +447,10 @@ class Bench:
                     outcomes[o].add(reading.outcomes.count(o), len(labels))
                 strays.add(reading.strays, 1)
                 stray_images.add(reading.strays > 0, 1)
-                for want, hit in zip(labels, hits):
+                for want, hit, found in zip(labels, hits, reading.found):
                     result.per_concept.setdefault(want, Rate()).add(hit, 1)
+                    read = result.read_as.setdefault(want, {})
+                    read[found] = read.get(found, 0) + 1
             if a == 0:
                 keep.append((images[0], boxes, list(labels), list(first.found)))
             if progress is not None:
@@ -570,7 +574,23 @@ def format_table(result: BenchResult) -> str:
     if names:
         lines += ["", "Per concept: in its own box (all counts) / alone:", ""]
         lines += _markdown(["method", *names], rows)
+        rows = [
+            [name, *(_readings(r.read_as.get(c, {})) for c in names)]
+            for name, r in result.methods.items()
+            if any(c in r.read_as for c in names)
+        ]
+        lines += ["", "What each concept's boxes were read as (all counts; the commonest three):", ""]
+        lines += _markdown(["method", *names], rows)
     return "\n".join(lines)
+
+
+def _readings(counts: dict[str, int], top: int = 3) -> str:
+    """'kite 0.46, red triangle 0.21, target 0.12' — the detector's commonest labels for a concept's boxes."""
+    total = sum(counts.values())
+    if not total:
+        return "-"
+    common = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return ", ".join(f"{label} {k / total:.2f}" for label, k in common)
 
 
 def grid_image(result: BenchResult, path: Path, cell: int = 256) -> Path:

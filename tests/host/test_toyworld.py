@@ -145,4 +145,8 @@ def test_composition_benchmark_runs_on_a_users_layouts_file(toyworld, tmp_path):
     per = routed["per_count"]["2"]
     assert per["success"]["n"] == 2 and sum(o["k"] for o in per["outcomes"].values()) == 4  # every box has one
     assert routed["cost"] > 0 and set(routed["per_concept"]) >= {"kite", "house"}
-    assert "What each box held" in (tmp_path / "out" / "composition.md").read_text()
+    for concept, rate in routed["per_concept"].items():  # every box of a concept was read as something
+        read = routed["read_as"][concept]
+        assert sum(read.values()) == rate["n"] and read.get(concept, 0) >= rate["k"]
+    table = (tmp_path / "out" / "composition.md").read_text()
+    assert "What each box held" in table and "were read as" in table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.composition import assignments, caption_order, wilson
+from benchmarks.composition import _readings, assignments, caption_order, wilson
 from omg_core.toyworld import checkpoint as CK
 
 
@@ -48,6 +48,12 @@ def test_assignments_are_distinct_ordered_choices():
     assert assignments(names, 3, 24, seed=0) == picks
     with pytest.raises(ValueError, match="5 concepts asked for, but only 4 are loaded"):
         assignments(names, 5, 10, seed=0)
+
+
+def test_a_concepts_readings_are_its_commonest_labels_as_shares():
+    counts = {"kite": 6, "red triangle": 3, "empty": 2, "target": 2, "house": 1}
+    assert _readings(counts) == "kite 0.43, red triangle 0.21, empty 0.14"  # ties in name order
+    assert _readings({}) == "-"
 
 
 def test_caption_order_is_left_to_right_then_top_to_bottom():
