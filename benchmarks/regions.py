@@ -193,14 +193,12 @@ def bench(
         spec, prompts = region_setup(n, size, size)
         configs.append(("regional", n, apply_regional_attention(model, spec, prompts)))
         for method in placements:
-            placed = apply_regional_attention(
-                model, spec, prompts, placement=replace(PlacementSettings(method), strength=1.0, steps=1.0)
+            placement = replace(PlacementSettings(method), strength=1.0, steps=1.0)
+            configs.append(
+                (f"regional + {method}", n, apply_regional_attention(model, spec, prompts, placement=placement))
             )
-            configs.append((f"regional + {method}", n, placed))
             if method == "latent_composition":  # the boxes' passes one UNet call each, as before batching
-                apart = apply_regional_attention(
-                    model, spec, prompts, placement=replace(PlacementSettings(method), strength=1.0, steps=1.0)
-                )
+                apart = apply_regional_attention(model, spec, prompts, placement=placement)
                 apart.model_options["model_function_wrapper"].batched = False
                 configs.append((f"regional + {method}, a call per box", n, apart))
     for n in couple_counts:
@@ -289,12 +287,12 @@ def main(argv=None) -> int:
 
         toy, _, _ = load_toyworld()
         rows += bench("toy world", toy, 128, (2, 4, 8), args.rounds or 5, 1, couple((2, 4, 8)), log, placed)
-    elif args.quick:
-        tiny = build_sd15_inprocess(SD15_UNET)
-        rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log, placed)
     else:
         tiny = build_sd15_inprocess(SD15_UNET)
-        rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)
+        if args.quick:
+            rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log, placed)
+        else:
+            rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)
         del tiny
     if not (args.toy or args.quick or args.tiny_only):
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
