@@ -45,7 +45,9 @@ DEFAULT_VARIANTS = (
 )
 _FLAG = {"true": True, "false": False}
 _FIELD_TYPES = {
-    **dict.fromkeys(("steps", "rank", "batch_size", "augment_variants", "slot", "seed", "basis_seed"), int),
+    **dict.fromkeys(
+        ("steps", "rank", "batch_size", "augment_variants", "slot", "seed", "basis_seed", "embedding_vectors"), int
+    ),
     **dict.fromkeys(("form", "target", "down", "prompt", "class_prompt"), str),
     **dict.fromkeys(("flip", "learn_embedding"), _FLAG.__getitem__),
 }

@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 from omg_core.model.forms import FORMS
 from omg_core.ops.pruning import prune_concepts
 from omg_core.pipelines.fuse import concept_list
-from omg_core.pipelines.train import TrainConfig, check_form, check_output_path, train_to_file
+from omg_core.pipelines.train import MAX_EMBEDDING_VECTORS, TrainConfig, check_form, check_output_path, train_to_file
 
 from .types import Concepts
 from .validation import checked, numbers_in_range
@@ -159,6 +159,16 @@ class OMGTrainConcept(io.ComfyNode):
                     "the sizes a box asks for (it fills its box more than a photo's subject fills the photo); 0: no "
                     "cropping.",
                 ),
+                io.Int.Input(
+                    "embedding_vectors",
+                    default=TrainConfig.embedding_vectors,
+                    min=1,
+                    max=MAX_EMBEDDING_VECTORS,
+                    optional=True,
+                    tooltip="With learn_embedding on: how many vectors the trigger word's embedding has (textual "
+                    "inversion's vectors per token). More than one gives an object of several parts or colours room "
+                    "in the text; each takes one of the prompt's 75 token places.",
+                ),
             ],
             outputs=[
                 io.String.Output(display_name="filename", tooltip="The saved file, relative to the loras folder."),
@@ -168,11 +178,24 @@ class OMGTrainConcept(io.ComfyNode):
 
     @classmethod
     def validate_inputs(
-        cls, learning_rate=None, filename=None, overwrite=False, form=None, target=None, crop=None
+        cls,
+        learning_rate=None,
+        filename=None,
+        overwrite=False,
+        form=None,
+        target=None,
+        crop=None,
+        embedding_vectors=None,
+        learn_embedding=None,
     ) -> bool | str:
-        numbers = numbers_in_range(cls, learning_rate=learning_rate, crop=crop)
+        numbers = numbers_in_range(cls, learning_rate=learning_rate, crop=crop, embedding_vectors=embedding_vectors)
         if numbers is not True:
             return numbers
+        if embedding_vectors is not None and embedding_vectors > 1 and learn_embedding is False:
+            return (
+                f"embedding_vectors is {embedding_vectors} but learn_embedding is off: the vectors are the learned "
+                "trigger embedding; turn learn_embedding on, or set embedding_vectors to 1"
+            )
         if target is not None and TARGET_CHOICES.get(target, target) not in TARGET_CHOICES.values():
             return f"target {target!r} is unknown; use one of {', '.join(TARGET_CHOICES)}"
         if form is not None:
@@ -205,6 +228,7 @@ class OMGTrainConcept(io.ComfyNode):
         prior_images=None,
         form: str = "lora",
         crop: float = TrainConfig.crop,
+        embedding_vectors: int = TrainConfig.embedding_vectors,
     ) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -224,6 +248,7 @@ class OMGTrainConcept(io.ComfyNode):
             name=os.path.splitext(os.path.basename(name))[0],
             form=form,
             crop=crop,
+            embedding_vectors=embedding_vectors,
         )
         bar = comfy.utils.ProgressBar(steps)
 

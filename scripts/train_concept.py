@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"back (default {TrainConfig.crop}; 0.4 trains a concept at the sizes a box asks for)",
     )
     p.add_argument("--learn-embedding", action="store_true", help="also learn a trigger-word embedding")
+    p.add_argument(
+        "--embedding-vectors",
+        type=int,
+        default=TrainConfig.embedding_vectors,
+        help="vectors of the learned trigger embedding (with --learn-embedding; more for objects of several parts)",
+    )
     p.add_argument("--prior-images", type=Path, help="folder with class images for prior preservation")
     p.add_argument("--resolution", type=int, default=512, help="images are resized and center-cropped to this")
     p.add_argument("--state", type=Path, help="interruption state file (default: <out>.state)")
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         target=args.target,
         learn_embedding=args.learn_embedding,
+        embedding_vectors=args.embedding_vectors,
         name=args.out.stem,
         form=args.form,
         crop=args.crop,

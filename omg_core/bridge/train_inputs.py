@@ -2,9 +2,12 @@
 
 Augmented copies are made once and VAE-encoded once (not every step), so the
 per-step cost is the UNet alone. With a learned trigger embedding (Custom
-Diffusion's V*), the trigger's tokens are replaced by one trainable vector per
-text encoder, initialised from the class word's token embedding, and the
+Diffusion's V*), the trigger's tokens are replaced by ``embedding_vectors``
+trainable vectors per text encoder (a textual-inversion token of that many
+vectors), each initialised from the class word's token embedding, and the
 instance prompt is encoded through ComfyUI's CLIP with gradients every step.
+More than one vector gives the text side room for an object of several parts
+or colours, which one vector near the class word holds poorly.
 
 ComfyUI objects (CLIP, VAE, the model) are passed in; nothing is imported.
 """
@@ -72,13 +75,14 @@ class TextConditioning:
         width: int,
         height: int,
         device,
+        embedding_vectors: int = 1,
     ):
         self.clip, self.inner, self.device = clip, inner, device
         self.size = dict(width=width, height=height, target_width=width, target_height=height, crop_w=0, crop_h=0)
-        self.vectors: dict[str, torch.Tensor] = {}  # encoder name ("clip_l") -> trainable vector
+        self.vectors: dict[str, torch.Tensor] = {}  # encoder name ("clip_l") -> trainable [n, dim] vectors
         self.instance_tokens = clip.tokenize(instance_prompt)
         if learn_embedding:
-            self.instance_tokens = self._with_trainable_trigger(instance_prompt, trigger, class_word)
+            self.instance_tokens = self._with_trainable_trigger(instance_prompt, trigger, class_word, embedding_vectors)
         with torch.no_grad():
             self.fixed_instance = None if learn_embedding else self._encode(self.instance_tokens)
             self.prior = self._encode(clip.tokenize(prior_prompt))
@@ -87,7 +91,7 @@ class TextConditioning:
         tok = self.clip.tokenize(text, return_word_ids=True)
         return {k: [t[0] for t in v[0] if t[2] != 0] for k, v in tok.items()}
 
-    def _with_trainable_trigger(self, prompt: str, trigger: str, class_word: str) -> dict:
+    def _with_trainable_trigger(self, prompt: str, trigger: str, class_word: str, count: int) -> dict:
         trig, cls = self._word_tokens(trigger), self._word_tokens(class_word)
         out = {}
         for enc, batches in self.clip.tokenize(prompt).items():
@@ -98,11 +102,22 @@ class TextConditioning:
             if start is None:
                 raise ValueError(f"the trigger {trigger!r} does not survive tokenization of the prompt {prompt!r}")
             table = getattr(self.clip.cond_stage_model, f"clip_{enc}").transformer.get_input_embeddings().weight
-            init = table[torch.tensor(cls[enc], device=table.device)].float().mean(0).detach().cpu().clone()
-            vector = init.to(self.device).requires_grad_(True)
-            self.vectors[f"clip_{enc}"] = vector
-            # one vector replaces the trigger's n tokens; pad at the end to keep the length
-            seq = seq[:start] + [(vector, 1.0)] + seq[start + n :] + [seq[-1]] * (n - 1)
+            init = table[torch.tensor(cls[enc], device=table.device)].float().mean(0).detach().cpu()
+            vectors = init.expand(count, -1).clone().to(self.device).requires_grad_(True)
+            self.vectors[f"clip_{enc}"] = vectors
+            rest = seq[start + n :]
+            if count > n:  # the extra vectors take the place of padding at the end of the chunk
+                end = getattr(self.clip.tokenizer, f"clip_{enc}").end_token
+                padding = len(rest) - 1 - next((i for i, t in enumerate(rest) if t[0] == end), len(rest) - 1)
+                if padding < count - n:
+                    raise ValueError(
+                        f"the training prompt {prompt!r} leaves no room for {count} trigger vectors in one "
+                        "77-token chunk; shorten the prompt or use fewer embedding vectors"
+                    )
+                rest = rest[: len(rest) - (count - n)]
+            else:  # pad at the end to keep the length
+                rest = rest + [seq[-1]] * (n - count)
+            seq = seq[:start] + [(vectors[i], 1.0) for i in range(count)] + rest
             out[enc] = [seq] + [list(b) for b in batches[1:]]
         return out
 

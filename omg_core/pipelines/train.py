@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 _CHECKPOINT_VERSION = 1
 _FORBIDDEN_TRIGGER_CHARS = set("()[]{}:\\,")
+MAX_EMBEDDING_VECTORS = 8
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class TrainConfig:
     down: str = "basis"  # "basis": frozen shared-basis rows; "free": trainable random rows
     learn_embedding: bool = False
     embedding_lr: float | None = None  # None: learning_rate
+    embedding_vectors: int = 1  # vectors of the learned trigger token (textual inversion's "vectors per token")
     batch_size: int = 1
     prior_weight: float = 1.0
     flip: bool = True
@@ -115,6 +117,16 @@ class TrainConfig:
         if self.embedding_lr is not None and not self.embedding_lr > 0:
             raise ValueError(
                 f"embedding learning rate must be positive (got {self.embedding_lr}); None uses learning_rate"
+            )
+        if not 1 <= self.embedding_vectors <= MAX_EMBEDDING_VECTORS:
+            raise ValueError(
+                f"embedding_vectors must be 1 to {MAX_EMBEDDING_VECTORS} (got {self.embedding_vectors}); "
+                "each vector takes one of the prompt's 75 token places"
+            )
+        if self.embedding_vectors > 1 and not self.learn_embedding:
+            raise ValueError(
+                f"embedding_vectors is {self.embedding_vectors} but learn_embedding is off: the vectors are "
+                "the learned trigger embedding; turn learn_embedding on, or set embedding_vectors to 1"
             )
         if self.prior_weight < 0:
             raise ValueError(
@@ -173,8 +185,9 @@ def fingerprint(config: TrainConfig, images: torch.Tensor, prior: torch.Tensor |
     The step count is left out (the first k steps do not depend on it), so an
     interrupted run may be finished with a different number of steps."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "name")}
-    if settings["form"] == "lora":  # the form the fingerprint had before forms existed: its states still resume
-        del settings["form"]
+    for key, old in (("form", "lora"), ("embedding_vectors", 1)):  # fields added later: older states still resume
+        if settings[key] == old:
+            del settings[key]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in (images, prior):
         if t is not None:
@@ -323,6 +336,7 @@ def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_
             width=images.shape[2],
             height=images.shape[1],
             device=device,
+            embedding_vectors=config.embedding_vectors,
         )
         adapters = make_adapters(
             layers, config.rank, config.down, config.basis_seed, config.slot, config.seed, device, config.form
@@ -404,7 +418,7 @@ def _to_concept(adapters, vectors, config: TrainConfig, family: str, losses: lis
     unet = {k: a.update() for k, a in adapters.items()}
     trigger = config.trigger.strip()
     embeddings = tuple(
-        TokenEmbedding(token=trigger, encoder=enc, vectors=v.detach().float().cpu().clone().unsqueeze(0))
+        TokenEmbedding(token=trigger, encoder=enc, vectors=v.detach().float().cpu().clone())
         for enc, v in sorted(vectors.items())
     )
     metadata = {
@@ -416,6 +430,7 @@ def _to_concept(adapters, vectors, config: TrainConfig, family: str, losses: lis
         "omg_train_learning_rate": repr(config.learning_rate),
         "omg_train_seed": str(config.seed),
         "omg_train_crop": repr(config.crop),
+        "omg_train_embedding_vectors": str(config.embedding_vectors) if config.learn_embedding else "0",
         "omg_class_word": config.class_word.strip(),
         "omg_train_prompt": config.instance_prompt(),
         "omg_train_final_loss": f"{losses[-1]:.6f}" if losses else "",

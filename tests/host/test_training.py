@@ -226,6 +226,52 @@ def test_learned_trigger_embedding_starts_at_the_class_word_and_moves(sd15, tmp_
     assert torch.equal(saved["bundle_emb.omgcat.clip_l"], emb.vectors)
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_trained_trigger_of_several_vectors_encodes_at_inference_as_it_trained(sd15, count):
+    """The trainer lays the trigger's vectors into the prompt itself; a loaded concept's prompt
+    goes through ComfyUI's textual-inversion path. Both must give the same encoding, or the
+    concept is used with a text it was never trained on."""
+    from omg_core.bridge.train_inputs import TextConditioning
+    from omg_core.bridge.trigger_tokens import clip_with_embeddings
+
+    model, clip, vae = sd15
+    config = _config("a", steps=2, learn_embedding=True, embedding_vectors=count, embedding_lr=1e-2)
+    result = train_concept(model, clip, vae, _images("disc"), config)
+    (emb,) = result.concept.embeddings
+    assert emb.vectors.shape == (count, 768)
+    assert result.concept.metadata["omg_train_embedding_vectors"] == str(count)
+    if count > 1:  # one start, different positions: the vectors part ways
+        assert float((emb.vectors[0] - emb.vectors[1]).norm()) > 0
+
+    prompt = "a photo of omgcat on a table"
+    text = TextConditioning(
+        clip, model.model, prompt, "a photo of cat", "omgcat", "cat", True, SIZE, SIZE, "cpu", count
+    )
+    with torch.no_grad():
+        text.vectors["clip_l"].copy_(emb.vectors)
+        trained = text.instance()["c_crossattn"]
+    loaded = clip_with_embeddings(clip, result.concept.embeddings)
+    inferred = loaded.encode_from_tokens(loaded.tokenize(prompt))
+    assert trained.shape == inferred.shape == (1, 77, 768)
+    # one text encoder, the same tokens and vectors: equal up to float rounding of the same ops
+    assert torch.allclose(trained.float().cpu(), inferred.float().cpu(), atol=1e-5), (trained - inferred).abs().max()
+    moved = loaded.encode_from_tokens(loaded.tokenize("a photo of cat on a table"))
+    assert not torch.allclose(moved, inferred, atol=1e-3), "the trigger's vectors changed nothing"
+
+
+def test_trigger_vectors_that_do_not_fit_the_prompt_are_refused(sd15):
+    from omg_core.bridge.train_inputs import TextConditioning
+
+    model, clip, _ = sd15
+    prompt = "omgcat " + " ".join(["red"] * 74)
+    with pytest.raises(ValueError, match="leaves no room for 3 trigger vectors"):
+        TextConditioning(clip, model.model, prompt, "a cat", "omgcat", "cat", True, SIZE, SIZE, "cpu", 3)
+    with pytest.raises(ValueError, match="learn_embedding is off"):
+        _config("a", embedding_vectors=2).validate()
+    with pytest.raises(ValueError, match="embedding_vectors must be 1 to 8"):
+        _config("a", embedding_vectors=9, learn_embedding=True).validate()
+
+
 def test_all_attention_target_adapts_every_attention_projection(sd15):
     model, clip, vae = sd15
     result = train_concept(model, clip, vae, _images("disc", 1), _config("a", steps=1, target="attention", slot=3))
@@ -341,7 +387,7 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
 
     from omg_core.formats.native import read_native_concept
 
-    host.run(_node_prompt(crop=0.25))
+    host.run(_node_prompt(crop=0.25, embedding_vectors=2))
     name, curve = host.node_outputs("3")[:2]
     assert name[0] == "omg-test/node-trained.safetensors"
     assert curve[0].shape[0] == 1 and curve[0].shape[-1] == 3
@@ -350,6 +396,7 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
     assert concept.triggers == ("omgnode",) and concept.metadata["omg_basis_slot"] == "5"
     assert concept.metadata["omg_train_crop"] == "0.25"
     assert concept.embeddings and concept.embeddings[0].token == "omgnode"
+    assert concept.embeddings[0].vectors.shape == (2, 768) and concept.metadata["omg_train_embedding_vectors"] == "2"
     for u in concept.unet.values():
         assert torch.equal(u.down, basis_rows(7, 5, 4, u.in_features))
 
@@ -362,6 +409,8 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
         ({"filename": "omg-test-cat", "overwrite": True}, "already exists and is not a concept trained by this node"),
         ({"learning_rate": float("nan")}, "learning_rate is nan: give it a finite number"),
         ({"crop": 0.95}, "crop 0.95 is above its maximum 0.9"),
+        ({"embedding_vectors": 9}, "embedding_vectors 9 is above its maximum 8"),
+        ({"embedding_vectors": 2}, "embedding_vectors is 2 but learn_embedding is off"),
         ({"slot": 4000, "filename": "omg-test/slot-4000"}, "slot 4000 is out of range"),
     ],
 )
