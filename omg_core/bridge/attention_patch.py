@@ -32,6 +32,14 @@ through ``W + ΔW_i``, or the region's own negative prompt), as it does when
 the concept is loaded alone: classifier-free guidance then steers by the
 concept's own difference, not by the difference from the base model. The raw
 negative features come from an ``attn2_patch`` that only notes them down.
+
+A routed concept may also change the block's other attention projections
+(self-attention q/k/v/out, cross-attention q/out: a concept trained on every
+attention projection). Those act where the concept's region is, by its
+coverage (``omg_core.ops.routed_layers``): ComfyUI hands a replacement only
+projected q/k/v, so ``attn1_patch``/``attn2_patch`` note the block's input, the
+replacements add the q/k/v changes and note the attention output, and the
+output patches add the ``to_out`` change.
 """
 
 from __future__ import annotations
@@ -50,12 +58,16 @@ from omg_core.model.concept import Concept, is_cross_attention_kv
 from omg_core.ops.attention import regional_attention, token_attention
 from omg_core.ops.layerwise import GlobalLayerContexts, select_layer
 from omg_core.ops.placement import PlacementSettings, region_alone
-from omg_core.ops.regions import RegionCells, RegionSpec, rasterize, stretch_warning
+from omg_core.ops.regions import RegionCells, RegionSpec, coverages, rasterize, stretch_warning
+from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, add_region_deltas, projection_key
 
 MODES = ("fused", "routed")
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
 CONTEXT_OPTION = "omg_attn2_context"  # where the context noter leaves a block's text features
 REGION_PASS_OPTION = "omg_region_pass"  # transformer_options key: each box's own-pass RegionalAttention, in row order
+# Where the routed-projection patches of one block leave what the next one reads (per block call).
+ATTN1_INPUT, ATTN2_INPUT = "omg_attn1_input", "omg_attn2_input"
+ATTN_OUTPUT = {"attn1": "omg_attn1_output", "attn2": "omg_attn2_output"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +162,7 @@ class RegionalAttention:
         recorder: AttentionRecorder | None = None,
         global_layers: GlobalLayerContexts | None = None,
         routed_updates: dict[tuple[str, int], tuple] | None = None,
+        projection_updates: dict[tuple[str, str], list[tuple[int, object]]] | None = None,
     ):
         self.spec = spec
         self.global_layers = global_layers
@@ -157,15 +170,31 @@ class RegionalAttention:
         self.routed = routed or {}
         # (block path, region) -> the bound concept's (ΔW_k, ΔW_v), for the global negative in its box
         self.routed_updates = routed_updates or {}
+        # (block path, projection) -> [(region, its concept's update)]: routed_layers' projections
+        self.projection_updates = projection_updates or {}
         self.recorder = recorder
         self.has_negatives = any(p.uncond is not None for p in self.prompts) or bool(self.routed_updates)
         self._cells: dict[tuple, list[RegionCells]] = {}
         self._warned = False  # the stretched-mask warning is given once
         self._moved: dict[tuple, torch.Tensor] = {}
         self._kv: dict[tuple, tuple] = {}
+        self._coverage: dict[tuple, torch.Tensor] = {}
 
     def __deepcopy__(self, memo):
         return self
+
+    def project(self, block: str, projection: str, x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``y`` (the base projection of ``x``) with each bound region's change of ``projection``
+        in this block, where the region is (``omg_core.ops.routed_layers``)."""
+        updates = self.projection_updates.get((block, projection))
+        if not updates:
+            return y
+        key = (h, w, str(y.device))
+        if key not in self._coverage:
+            self._coverage[key] = coverages(self.spec, h, w).to(y.device)
+        cover = self._coverage[key]
+        parts = [(cover[i], partial(self._delta, (block, i, projection), update)) for i, update in updates]
+        return add_region_deltas(y, x, h, w, parts)
 
     def cells(self, h: int, w: int, device=None, dtype=None) -> list[RegionCells]:
         """The regions on an h × w grid, shares on ``device`` in ``dtype``."""
@@ -351,6 +380,15 @@ class _LayerPatch:
         return self
 
     def __call__(self, q, k, v, extra_options):
+        x = extra_options.pop(ATTN2_INPUT, None)
+        if x is not None:  # routed concepts that change this block's cross-attention q and out
+            q = routed_projection(self.state, _block(self.layer), "attn2.to_q", x, q, extra_options)
+            out = self._attend(q, k, v, extra_options)
+            extra_options[ATTN_OUTPUT["attn2"]] = (self.layer, out)
+            return out
+        return self._attend(q, k, v, extra_options)
+
+    def _attend(self, q, k, v, extra_options):
         # Boxes' own passes (omg_core.bridge.placement) bring, for each box's rows in turn, the state
         # that gives the whole pass to that region.
         passes = extra_options.get(REGION_PASS_OPTION)
@@ -374,20 +412,130 @@ class _LayerPatch:
 
 
 def check_routable(concept: Concept, layers: Sequence[CrossAttentionLayer]) -> None:
-    """Routed mode can give a region only cross-attention k/v of this model."""
-    model_keys = {f"diffusion_model.{layer.path}.to_{x}.weight" for layer in layers for x in "kv"}
-    others = sorted(k for k in concept.unet if not is_cross_attention_kv(k))
+    """Routed mode can give a region this model's attention projections only:
+    cross-attention k/v, and the others of ``omg_core.ops.routed_layers``."""
+    kv_keys = {f"diffusion_model.{layer.path}.to_{x}.weight" for layer in layers for x in "kv"}
+    projections = {projection_key(_block(layer), p) for layer in layers for p in ROUTED_PROJECTIONS}
+    others = sorted(k for k in concept.unet if not _is_attention_projection(k))
     if others:
         raise ValueError(
-            f"concept '{concept.name}' also changes {len(others)} layer(s) besides cross-attention k/v "
-            f"(e.g. {others[0]}); routed mode can give a region only its own k/v — use mode 'fused' for it"
+            f"concept '{concept.name}' also changes {len(others)} layer(s) besides attention projections "
+            f"(e.g. {others[0]}); routed mode can give a region only its own attention layers — use mode "
+            "'fused' for it"
         )
-    foreign = sorted(set(concept.unet) - model_keys)
+    foreign = sorted(set(concept.unet) - kv_keys - projections - set(others))
     if foreign:
         raise ValueError(
             f"concept '{concept.name}' ({concept.family}) has layers this model does not have "
             f"(e.g. {foreign[0]}): it was made for another model family — load one made for this checkpoint"
         )
+
+
+def _is_attention_projection(key: str) -> bool:
+    return is_cross_attention_kv(key) or any(key.endswith(f".{p}.weight") for p in ROUTED_PROJECTIONS)
+
+
+def _block(layer: CrossAttentionLayer) -> str:
+    """The transformer block's path (``layer.path`` is its ``attn2``)."""
+    return layer.path.rsplit(".", 1)[0]
+
+
+def routed_projection_updates(
+    layers: Sequence[CrossAttentionLayer], bindings: Sequence[Concept | None]
+) -> dict[tuple[str, str], list[tuple[int, object]]]:
+    """Per (block, projection): the bound regions' updates of the projections besides attn2 k/v."""
+    out: dict[tuple[str, str], list[tuple[int, object]]] = {}
+    for index, concept in enumerate(bindings):
+        if concept is None:
+            continue
+        updates = concept.scaled_unet()
+        for layer in layers:
+            for projection in ROUTED_PROJECTIONS:
+                update = updates.get(projection_key(_block(layer), projection))
+                if update is not None:
+                    out.setdefault((_block(layer), projection), []).append((index, update))
+    return out
+
+
+def routed_projection(state, block: str, projection: str, x, y, extra_options: dict):
+    """``y`` with the routed projection changes of the state of each row group (a box's own
+    passes bring one state per box, ``REGION_PASS_OPTION``), on this block's grid."""
+    passes = extra_options.get(REGION_PASS_OPTION) or (state,)
+    if not any(s.projection_updates for s in passes) or x.shape[:2] != y.shape[:2]:
+        return y
+    h, w = attention_grid(extra_options, x.shape[1])
+    rows = x.shape[0] // len(passes)
+    parts = [
+        s.project(block, projection, x[i * rows : (i + 1) * rows], y[i * rows : (i + 1) * rows], h, w)
+        for i, s in enumerate(passes)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _note_attn1_input(n, context, value, extra_options):
+    """``attn1_patch``: leaves the self-attention's inputs where the routed replacement reads them."""
+    extra_options[ATTN1_INPUT] = (n, context, value)
+    return n, context, value
+
+
+def _note_attn2_input(n, context, value, extra_options):
+    """``attn2_patch``: leaves the cross-attention's query input for ``_LayerPatch``."""
+    extra_options[ATTN2_INPUT] = n
+    return n, context, value
+
+
+class _RoutedSelfAttention:
+    """The ``attn1`` replacement of one block when routed concepts change its
+    projections: their q/k/v changes go in before the attention (chained to a
+    replacement that was there), the output is noted for ``_RoutedOutput``."""
+
+    def __init__(self, state: RegionalAttention, layer: CrossAttentionLayer, previous=None):
+        self.state, self.layer, self.previous = state, layer, previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        n, context, value = extra_options.pop(ATTN1_INPUT, (None, None, None))
+        block = _block(self.layer)
+        if n is not None:
+            q = routed_projection(self.state, block, "attn1.to_q", n, q, extra_options)
+            if context is not None and context.shape[1] == n.shape[1]:  # keys at the queries' positions
+                k = routed_projection(self.state, block, "attn1.to_k", context, k, extra_options)
+                v = routed_projection(self.state, block, "attn1.to_v", value, v, extra_options)
+        if self.previous is not None:
+            out = self.previous(q, k, v, extra_options)
+        else:
+            import comfy.ldm.modules.attention as comfy_attention
+
+            out = comfy_attention.optimized_attention(
+                q,
+                k,
+                v,
+                extra_options["n_heads"],
+                attn_precision=extra_options.get("attn_precision"),
+                transformer_options=extra_options,
+            )
+        extra_options[ATTN_OUTPUT["attn1"]] = (self.layer, out)
+        return out
+
+
+class _RoutedOutput:
+    """``attn1_output_patch`` / ``attn2_output_patch``: adds the routed ``to_out`` change to the
+    block's attention output, from the attention result its replacement noted."""
+
+    def __init__(self, state: RegionalAttention, kind: str):
+        self.state, self.kind = state, kind
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, n, extra_options):
+        noted = extra_options.pop(ATTN_OUTPUT[self.kind], None)
+        if noted is None:
+            return n
+        layer, out = noted
+        return routed_projection(self.state, _block(layer), f"{self.kind}.to_out.0", out, n, extra_options)
 
 
 def routed_deltas(
@@ -475,12 +623,13 @@ def apply_regional_attention(
             f"the global prompt's per-layer features have shape {tuple(global_layers.shape)} but this model has "
             f"{len(layers)} cross-attention layers: encode them for this model (omg_core.ops.layerwise.layer_contexts)"
         )
-    routed = updates = None
+    routed = updates = projections = None
     if mode == "routed" and bindings is not None:
         routed = routed_deltas(layers, prompts, bindings)
         updates = routed_updates(layers, prompts, bindings)
+        projections = routed_projection_updates(layers, bindings)
     layered = None if global_layers is None else GlobalLayerContexts(global_layers)
-    state = RegionalAttention(spec, prompts, routed, recorder, layered, updates)
+    state = RegionalAttention(spec, prompts, routed, recorder, layered, updates, projections)
     clone = model.clone()
     if updates:
         clone.set_model_attn2_patch(_note_context)
@@ -500,7 +649,20 @@ def apply_regional_attention(
         for layer in layers:
             previous = _existing_replace(clone, "attn1", layer)
             clone.set_model_attn1_replace(SelfAttentionLayout(bias, placement, previous), *layer.key)
+    if projections:
+        _add_routed_projections(clone, state, layers)
     return clone
+
+
+def _add_routed_projections(clone, state: RegionalAttention, layers) -> None:
+    """The patches that give routed regions their concepts' other attention projections."""
+    clone.set_model_attn1_patch(_note_attn1_input)
+    clone.set_model_attn2_patch(_note_attn2_input)
+    for layer in layers:
+        previous = _existing_replace(clone, "attn1", layer)
+        clone.set_model_attn1_replace(_RoutedSelfAttention(state, layer, previous), *layer.key)
+    clone.set_model_attn1_output_patch(_RoutedOutput(state, "attn1"))
+    clone.set_model_attn2_output_patch(_RoutedOutput(state, "attn2"))
 
 
 def _existing_replace(clone, kind: str, layer: CrossAttentionLayer):
@@ -524,6 +686,7 @@ def _add_latent_composition(clone, spec, prompts, layers, routed, bindings, plac
             None,
             None,
             routed_updates(layers, one, bound) if routed else None,
+            routed_projection_updates(layers, bound) if routed else None,
         )
     if states:
         previous = clone.model_options.get("model_function_wrapper")

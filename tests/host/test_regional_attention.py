@@ -299,12 +299,12 @@ def test_region_kv_follow_weight_patches_added_after_the_regional_patch(sd15):
     sample(model, pos, neg, steps=1)  # leave the shared checkpoint loaded without the LoRA
 
 
-def test_routed_mode_refuses_concepts_beyond_cross_attention_kv(sd15):
+def test_routed_mode_refuses_concepts_beyond_attention_projections(sd15):
     model, clip, _ = sd15
-    q_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
-    odd = kv_concept(model, "cat", "omgcat", 1, extra_key=q_key)
+    ff_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"
+    odd = kv_concept(model, "cat", "omgcat", 1, extra_key=ff_key)
     layout = spec(Region("a omgcat cat", box=LEFT))
-    with pytest.raises(ValueError, match="concept 'cat' also changes 1 layer.*attn1.to_q.*use mode 'fused'"):
+    with pytest.raises(ValueError, match="concept 'cat' also changes 1 layer.*ff.net.2.*use mode 'fused'"):
         rp().regional_prompting(model, clip, layout, "a cat", "routed", [odd])
 
 
@@ -596,6 +596,100 @@ def test_boxes_own_passes_share_one_unet_call_and_each_keeps_its_own_concept(sd1
     one_by_one, calls = placed(False)
     assert calls == [(2, 4, 8, 16), (2, 4, 4, 8), (2, 4, 4, 8)]
     torch.testing.assert_close(out, one_by_one, rtol=1e-4, atol=1e-4)
+
+
+def attention_concept(model, name, trigger, seed, kv=True):
+    """A concept that changes every attention projection of every block (a concept trained with
+    target 'every attention projection'), or all but cross-attention k/v."""
+    from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, projection_key
+
+    g = torch.Generator().manual_seed(seed)
+    base = kv_concept(model, name, trigger, seed) if kv else None
+    unet = dict(base.unet) if base else {}
+    modules = dict(model.model.named_modules())
+    for layer in ap().cross_attention_layers(model):
+        block = layer.path.rsplit(".", 1)[0]
+        for projection in ROUTED_PROJECTIONS:
+            linear = modules[f"diffusion_model.{block}.{projection}"]
+            unet[projection_key(block, projection)] = LowRankUpdate(
+                torch.randn(linear.out_features, 2, generator=g),
+                torch.randn(2, linear.in_features, generator=g),
+                scale=0.02,
+            )
+    return Concept(name=name, triggers=(trigger,), family="sd15", source_format="native", unet=unet)
+
+
+def test_routed_boxes_passes_give_each_box_all_of_its_concepts_attention_projections(sd15):
+    """Concepts that change self-attention and cross-attention q/out too: in the boxes' own passes (one
+    batched call) each box is its concept loaded alone — every projection — on its window."""
+    from omg_core.bridge.patching import apply_updates
+    from omg_core.ops.placement import PlacementSettings
+
+    model, clip, _ = sd15
+    cat, dog = attention_concept(model, "cat", "omgcat", 6), attention_concept(model, "dog", "omgdog", 7)
+    boxes = ((0.0, 0.25, 0.5, 0.75), (0.5, 0.25, 1.0, 0.75))
+    prompts = ("a omgcat cat", "a omgdog dog")
+    layout = spec(*(Region(p, box=b) for p, b in zip(prompts, boxes)), width=128, height=64)
+    neg = enc(clip, "")
+    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(5))
+    placement = PlacementSettings("latent_composition", 1.0, 1.0, 0.0)
+    patched, positive = rp().regional_prompting(
+        model, clip, layout, "a red circle", "routed", [cat, dog], placement=placement
+    )
+    out = _sample_noise(patched, positive, neg, noise)
+    kv_only = [
+        Concept(
+            c.name,
+            c.triggers,
+            "sd15",
+            "native",
+            {k: u for k, u in c.unet.items() if ".attn2.to_k" in k or ".attn2.to_v" in k},
+        )
+        for c in (cat, dog)
+    ]
+    without, positive = rp().regional_prompting(
+        model, clip, layout, "a red circle", "routed", kv_only, placement=placement
+    )
+    out_kv = _sample_noise(without, positive, neg, noise)
+    for concept, prompt, cols in ((cat, prompts[0], slice(0, 8)), (dog, prompts[1], slice(8, 16))):
+        alone, _ = apply_updates(model, clip, concept.scaled_unet(), {})
+        want = _sample_noise(alone, enc(clip, prompt), neg, noise[..., 2:6, cols])
+        torch.testing.assert_close(out[..., 2:6, cols], want, rtol=1e-3, atol=1e-3)
+        assert (out_kv[..., 2:6, cols] - want).abs().max() > 1e-2, "the other projections must matter here"
+    sample(model, enc(clip, "x"), neg, steps=1)  # leave the shared checkpoint loaded without the concepts
+
+
+def test_routed_projections_act_where_the_region_is_and_nowhere_else(sd15):
+    """A region over the whole image whose prompt is the global one, bound to a concept that changes only
+    the projections besides k/v: the concept loaded alone. The same region on the left half: the block's
+    projections change on the left cells only, by the concept's own update there."""
+    from omg_core.bridge.patching import apply_updates
+
+    model, clip, _ = sd15
+    concept = attention_concept(model, "cat", "omgcat", 3, kv=False)
+    prompt, neg = "a omgcat cat", enc(clip, "")
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    whole, positive = rp().regional_prompting(
+        model, clip, spec(Region(prompt, box=(0.0, 0.0, 1.0, 1.0))), prompt, "routed", [concept]
+    )
+    alone, _ = apply_updates(model, clip, concept.scaled_unet(), {})
+    want = _sample_noise(alone, enc(clip, prompt), neg, noise)
+    torch.testing.assert_close(_sample_noise(whole, positive, neg, noise), want, rtol=1e-3, atol=1e-3)
+    sample(model, enc(clip, "x"), neg, steps=1)
+
+    layers = ap().cross_attention_layers(model)
+    half = spec(Region(prompt, box=LEFT))
+    state = ap().RegionalAttention(half, [], projection_updates=ap().routed_projection_updates(layers, [concept]))
+    block = layers[0].path.rsplit(".", 1)[0]
+    linear = dict(model.model.named_modules())[f"diffusion_model.{block}.attn1.to_q"]
+    x = torch.randn(2, 64, linear.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = linear(x)
+        got = state.project(block, "attn1.to_q", x, y, 8, 8).view(2, 8, 8, -1)
+        update = concept.unet[f"diffusion_model.{block}.attn1.to_q.weight"]
+        changed = (y + update.apply(x)).view(2, 8, 8, -1)
+    assert torch.equal(got[:, :, 4:], y.view(2, 8, 8, -1)[:, :, 4:]), "outside the region: the base projection"
+    torch.testing.assert_close(got[:, :, :4], changed[:, :, :4], rtol=1e-5, atol=1e-5)
 
 
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
