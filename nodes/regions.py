@@ -216,8 +216,8 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     options=list(MODES),
                     default="fused",
                     tooltip="fused: every prompt uses the model as given (the fused concepts). routed: each region "
-                    "uses only the concept whose trigger word it contains (its own k/v), the global prompt the base "
-                    "model — no cross-talk by construction.",
+                    "uses only the concept whose trigger word it contains (its k/v, and its other attention projections "
+                    "where the region is), the global prompt the base model — no cross-talk by construction.",
                 ),
                 Concepts.Input(
                     "concepts",

@@ -119,8 +119,10 @@ class OMGTrainConcept(io.ComfyNode):
                     "target",
                     options=list(TARGET_CHOICES),
                     default="cross-attn k/v",
-                    tooltip="Which layers to adapt: cross-attention k/v only (combinable concepts), or every "
-                    "attention projection (for comparison; 4x the parameters).",
+                    tooltip="Which layers to adapt: cross-attention k/v only (fuses with other concepts), or every "
+                    "attention projection (4x the parameters): also learns a part the base model does not draw, "
+                    "for routed regions, which give each region all of its concept; fused, its self-attention "
+                    "changes act on the whole image.",
                 ),
                 io.Boolean.Input(
                     "learn_embedding",

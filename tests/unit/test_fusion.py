@@ -170,6 +170,10 @@ def test_layers_without_text_features_are_fitted_on_input_subspaces_or_kept():
     torch.testing.assert_close(patch_dense(result.unet[conv]), update_dense(a.unet[conv]))
     assert TE in result.fitted_subspace_layers and set(result.fitted_text_layers) == {K, V}
     assert "fitted on the concepts' own input subspaces" in result.summary()
+    assert "self-attention layers are fused in" not in result.summary()
+    q = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    with_self = fuse([concept("c2", {**b.unet, q: lowrank(16, 40, 2, 6)}), a], "additive")
+    assert "note: 1 self-attention layers are fused in" in with_self.summary()
 
 
 def test_least_squares_with_lokr_or_dense_concepts_gives_a_dense_update():

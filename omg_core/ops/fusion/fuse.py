@@ -124,6 +124,14 @@ class FusionResult:
             lines.append(f"  constraint residual (relative): {self.constraint_residual:.2e}")
         if self.drift is not None:
             lines.append(f"  drift on regularisation prompts (relative to the concepts' own effect): {self.drift:.4f}")
+        self_attention = [k for k in self.unet if ".attn1." in k]
+        if self_attention:
+            lines.append(
+                f"  note: {len(self_attention)} self-attention layers are fused in: they act on the whole image, "
+                "not only where a concept is drawn (on the toy world, concepts trained on every attention "
+                "projection and fused took the base model's prior accuracy from 0.98 to 0.10); give such "
+                "concepts to OMG Apply Regional Attention in routed mode instead"
+            )
         return "\n".join(lines)
 
 
