@@ -59,7 +59,7 @@ from omg_core.ops.attention import regional_attention, token_attention
 from omg_core.ops.layerwise import GlobalLayerContexts, select_layer
 from omg_core.ops.placement import PlacementSettings, region_alone
 from omg_core.ops.regions import RegionCells, RegionSpec, coverages, rasterize, stretch_warning
-from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, add_region_deltas, projection_key
+from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, add_deltas_on_cells, projection_key, support
 
 MODES = ("fused", "routed")
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
@@ -191,10 +191,11 @@ class RegionalAttention:
             return y
         key = (h, w, str(y.device))
         if key not in self._coverage:
-            self._coverage[key] = coverages(self.spec, h, w).to(y.device)
-        cover = self._coverage[key]
-        parts = [(cover[i], partial(self._delta, (block, i, projection), update)) for i, update in updates]
-        return add_region_deltas(y, x, h, w, parts)
+            cover = coverages(self.spec, h, w)
+            self._coverage[key] = (cover.to(y.device), [support(m) for m in cover])
+        cover, cells = self._coverage[key]
+        parts = [(cover[i], cells[i], partial(self._delta, (block, i, projection), update)) for i, update in updates]
+        return add_deltas_on_cells(y, x, h, w, parts)
 
     def cells(self, h: int, w: int, device=None, dtype=None) -> list[RegionCells]:
         """The regions on an h × w grid, shares on ``device`` in ``dtype``."""

@@ -54,15 +54,26 @@ def add_region_deltas(
     """``y`` [B, h·w, out] plus each part's ``mask ⊙ ΔW x`` (mask [h, w] in 0..1), with ΔW
     applied only on the mask's bounding cells. Returns ``y`` itself when no part has any
     support (then nothing was computed)."""
+    return add_deltas_on_cells(y, x, h, w, [(mask, support(mask), delta) for mask, delta in parts])
+
+
+def add_deltas_on_cells(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    h: int,
+    w: int,
+    parts: Sequence[tuple[torch.Tensor, tuple[int, int, int, int] | None, Delta]],
+) -> torch.Tensor:
+    """``add_region_deltas`` with each mask's ``support`` given: it is read once per grid from
+    the mask on the CPU, so that sampling on a GPU does not wait on it in every block."""
     out = None
-    for mask, delta in parts:
-        cells = support(mask)
+    for mask, cells, delta in parts:
         if cells is None:
             continue
         r0, r1, c0, c1 = cells
         if out is None:
-            out = y.clone()
-        xs = x.view(x.shape[0], h, w, x.shape[-1])[:, r0:r1, c0:c1]
+            out = y.clone(memory_format=torch.contiguous_format)
+        xs = x.reshape(x.shape[0], h, w, x.shape[-1])[:, r0:r1, c0:c1]
         change = delta(xs.float()) * mask[r0:r1, c0:c1, None].float()
         view = out.view(out.shape[0], h, w, out.shape[-1])
         view[:, r0:r1, c0:c1] += change.to(out.dtype)
