@@ -67,6 +67,32 @@ def region_setup(n: int, width: int, height: int, dim: int = 768, seed: int = 1)
     return spec, prompts
 
 
+def routed_concepts(model, n: int, every_projection: bool, rank: int = 4, seed: int = 2) -> list:
+    """One random concept per region, rank ``rank`` on cross-attention k/v, or on every attention
+    projection (what routed mode routes, ``omg_core.ops.routed_layers``): what a routed step costs
+    depends on the layers, not on what the weights hold."""
+    from omg_core.bridge.attention_patch import cross_attention_layers
+    from omg_core.model.concept import Concept, LowRankUpdate
+    from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, projection_key
+
+    gen = torch.Generator().manual_seed(seed)
+    modules = dict(model.model.named_modules())
+    names = ["attn2.to_k", "attn2.to_v"] + (list(ROUTED_PROJECTIONS) if every_projection else [])
+    out = []
+    for i in range(n):
+        unet = {}
+        for layer in cross_attention_layers(model):
+            block = layer.path.rsplit(".", 1)[0]
+            for name in names:
+                linear = modules[f"diffusion_model.{block}.{name}"]
+                unet[projection_key(block, name)] = LowRankUpdate(
+                    torch.randn(linear.out_features, rank, generator=gen) * 0.01,
+                    torch.randn(rank, linear.in_features, generator=gen),
+                )
+        out.append(Concept(name=f"c{i}", triggers=(f"c{i}",), family="sd15", source_format="native", unet=unet))
+    return out
+
+
 class AttentionCouple:
     """The baseline: per block, the conditional queries are repeated once per
     prompt (global + each region), attended in one batched call against each
@@ -179,10 +205,12 @@ def run_steps(model, width: int, height: int, steps: int, seed: int = 0) -> tupl
 
 
 def bench(
-    name: str, model, size: int, counts, rounds: int, steps: int, couple_counts, log, placements=()
+    name: str, model, size: int, counts, rounds: int, steps: int, couple_counts, log, placements=(), routed=False
 ) -> list[dict]:
     """``placements``: placement methods timed on steps where they act (``steps`` share 1): a run
-    that places on a share s of its steps costs (1 - s) of a regional step plus s of a placed one."""
+    that places on a share s of its steps costs (1 - s) of a regional step plus s of a placed one.
+    ``routed``: also routed mode with a concept per region on k/v and on every attention
+    projection, alone and with latent composition acting."""
     from dataclasses import replace
 
     from omg_core.bridge.attention_patch import apply_regional_attention
@@ -201,6 +229,18 @@ def bench(
                 apart = apply_regional_attention(model, spec, prompts, placement=placement)
                 apart.model_options["model_function_wrapper"].batched = False
                 configs.append((f"regional + {method}, a call per box", n, apart))
+        for every in (False, True) if routed else ():
+            bound = routed_concepts(model, n, every)
+            what = "every projection" if every else "k/v"
+            configs.append((f"routed, {what}", n, apply_regional_attention(model, spec, prompts, "routed", bound)))
+            placement = replace(PlacementSettings("latent_composition"), strength=1.0, steps=1.0)
+            configs.append(
+                (
+                    f"routed, {what} + latent_composition",
+                    n,
+                    apply_regional_attention(model, spec, prompts, "routed", bound, placement=placement),
+                )
+            )
     for n in couple_counts:
         spec, prompts = region_setup(n, size, size)
         configs.append(("attention couple", n, couple_model(model, spec, prompts)))
@@ -261,6 +301,11 @@ def main(argv=None) -> int:
         help="instead, the toy world's trained checkpoint at 128 px, the composition benchmark's size (minutes)",
     )
     p.add_argument(
+        "--routed",
+        action="store_true",
+        help="also routed mode with a random concept per region, on k/v and on every attention projection",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -286,13 +331,17 @@ def main(argv=None) -> int:
         from omg_core.toyworld.generate import load_toyworld
 
         toy, _, _ = load_toyworld()
-        rows += bench("toy world", toy, 128, (2, 4, 8), args.rounds or 5, 1, couple((2, 4, 8)), log, placed)
+        rows += bench(
+            "toy world", toy, 128, (2, 4, 8), args.rounds or 5, 1, couple((2, 4, 8)), log, placed, args.routed
+        )
     else:
         tiny = build_sd15_inprocess(SD15_UNET)
         if args.quick:
-            rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log, placed)
+            rows += bench("tiny", tiny, 64, (2, 8), args.rounds or 1, 1, couple((8,)), log, placed, args.routed)
         else:
-            rows += bench("tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed)
+            rows += bench(
+                "tiny", tiny, 256, (2, 4, 8), args.rounds or 3, 1, couple((2, 4, 8)), log, placed, args.routed
+            )
         del tiny
     if not (args.toy or args.quick or args.tiny_only):
         log("building the SD1.5-sized UNet (860 M parameters, random weights)…")
