@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from benchmarks.toy_host import boot, concept_names
 from omg_core.toyworld import scenes as S
 
 BOXES = {  # name -> (x0, y0, x1, y1) in 0..1
@@ -55,19 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the table and JSON here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    names = [n.strip() for n in args.concepts.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(S.PERSONAL_OBJECTS))
-    if unknown or not names:
-        raise SystemExit(f"--concepts: {unknown or 'none'} not among {', '.join(S.PERSONAL_OBJECTS)}")
-
-    repo = Path(__file__).resolve().parent.parent
-    for p in (repo / "scripts", repo):
-        if str(p) not in sys.path:
-            sys.path.append(str(p))
-    import comfy_host
-
-    torch.set_num_threads(args.threads)
-    comfy_host.boot(load_nodes=False)
+    names = concept_names(args.concepts)
+    boot(args.threads)
     from benchmarks.composition import METHODS, Bench, BenchSettings
     from omg_core.bridge.binding import load_concept
     from omg_core.toyworld import concepts as C

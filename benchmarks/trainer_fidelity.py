@@ -32,8 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from benchmarks.toy_host import boot, concept_names
 from omg_core.toyworld import scenes as S
 
 DEFAULT_VARIANTS = (
@@ -161,25 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--concepts", default=",".join(S.PERSONAL_OBJECTS), help="comma-separated personal concepts")
     args = ap.parse_args(argv)
     variants = [Variant.parse(v) for v in (args.variant or DEFAULT_VARIANTS)]
-    names = [n.strip() for n in args.concepts.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(S.PERSONAL_OBJECTS))
-    if unknown or not names:
-        raise SystemExit(f"--concepts: {unknown or 'none'} not among {', '.join(S.PERSONAL_OBJECTS)}")
-
-    repo = Path(__file__).resolve().parent.parent
-    for p in (repo / "scripts", repo):
-        if str(p) not in sys.path:
-            sys.path.append(str(p))
-    import comfy_host
-
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    comfy_host.boot(load_nodes=False)
+    names = concept_names(args.concepts)
+    boot(args.threads, flush_denormal=True)
     from omg_core.toyworld import concepts as C
     from omg_core.toyworld.detector import load_detector
     from omg_core.toyworld.generate import load_toyworld
 
-    out = args.out or repo / ".cache" / "toyworld" / "bench-trainer"
+    out = args.out or Path(__file__).resolve().parent.parent / ".cache" / "toyworld" / "bench-trainer"
     out.mkdir(parents=True, exist_ok=True)
     model, clip, vae = load_toyworld(bf16=True)
     detector = load_detector()
