@@ -9,7 +9,14 @@ from comfy_api.latest import io, ui
 from omg_core.model.forms import FORMS
 from omg_core.ops.pruning import prune_concepts
 from omg_core.pipelines.fuse import concept_list
-from omg_core.pipelines.train import MAX_EMBEDDING_VECTORS, TrainConfig, check_form, check_output_path, train_to_file
+from omg_core.pipelines.train import (
+    MAX_EMBEDDING_VECTORS,
+    TrainConfig,
+    check_embedding_vectors,
+    check_form,
+    check_output_path,
+    train_to_file,
+)
 
 from .types import Concepts
 from .validation import checked, numbers_in_range
@@ -193,11 +200,10 @@ class OMGTrainConcept(io.ComfyNode):
         numbers = numbers_in_range(cls, learning_rate=learning_rate, crop=crop, embedding_vectors=embedding_vectors)
         if numbers is not True:
             return numbers
-        if embedding_vectors is not None and embedding_vectors > 1 and learn_embedding is False:
-            return (
-                f"embedding_vectors is {embedding_vectors} but learn_embedding is off: the vectors are the learned "
-                "trigger embedding; turn learn_embedding on, or set embedding_vectors to 1"
-            )
+        if embedding_vectors is not None and learn_embedding is not None:
+            vectors = checked(check_embedding_vectors, embedding_vectors, learn_embedding)
+            if vectors is not True:
+                return vectors
         if target is not None and TARGET_CHOICES.get(target, target) not in TARGET_CHOICES.values():
             return f"target {target!r} is unknown; use one of {', '.join(TARGET_CHOICES)}"
         if form is not None:

@@ -59,7 +59,7 @@ from omg_core.ops.attention import regional_attention, token_attention
 from omg_core.ops.layerwise import GlobalLayerContexts, select_layer
 from omg_core.ops.placement import PlacementSettings, region_alone
 from omg_core.ops.regions import RegionCells, RegionSpec, coverages, rasterize, stretch_warning
-from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, add_deltas_on_cells, projection_key, support
+from omg_core.ops.routed_layers import ROUTED_PROJECTIONS, add_region_deltas, projection_key, support
 
 MODES = ("fused", "routed")
 COND, UNCOND = 0, 1  # indices in ComfyUI's cond_or_uncond (positive, negative)
@@ -178,7 +178,7 @@ class RegionalAttention:
         self._warned = False  # the stretched-mask warning is given once
         self._moved: dict[tuple, torch.Tensor] = {}
         self._kv: dict[tuple, tuple] = {}
-        self._coverage: dict[tuple, torch.Tensor] = {}
+        self._coverage: dict[tuple, tuple[torch.Tensor, list]] = {}  # grid -> (coverages, their supports)
 
     def __deepcopy__(self, memo):
         return self
@@ -195,7 +195,7 @@ class RegionalAttention:
             self._coverage[key] = (cover.to(y.device), [support(m) for m in cover])
         cover, cells = self._coverage[key]
         parts = [(cover[i], cells[i], partial(self._delta, (block, i, projection), update)) for i, update in updates]
-        return add_deltas_on_cells(y, x, h, w, parts)
+        return add_region_deltas(y, x, h, w, parts)
 
     def cells(self, h: int, w: int, device=None, dtype=None) -> list[RegionCells]:
         """The regions on an h × w grid, shares on ``device`` in ``dtype``."""
@@ -424,7 +424,7 @@ def check_routable(concept: Concept, layers: Sequence[CrossAttentionLayer]) -> N
             f"(e.g. {others[0]}); routed mode can give a region only its own attention layers — use mode "
             "'fused' for it"
         )
-    foreign = sorted(set(concept.unet) - kv_keys - projections - set(others))
+    foreign = sorted(set(concept.unet) - kv_keys - projections)
     if foreign:
         raise ValueError(
             f"concept '{concept.name}' ({concept.family}) has layers this model does not have "
@@ -450,11 +450,11 @@ def routed_projection_updates(
         if concept is None:
             continue
         updates = concept.scaled_unet()
-        for layer in layers:
+        for block in map(_block, layers):
             for projection in ROUTED_PROJECTIONS:
-                update = updates.get(projection_key(_block(layer), projection))
+                update = updates.get(projection_key(block, projection))
                 if update is not None:
-                    out.setdefault((_block(layer), projection), []).append((index, update))
+                    out.setdefault((block, projection), []).append((index, update))
     return out
 
 

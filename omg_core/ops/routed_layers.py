@@ -49,23 +49,16 @@ def support(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def add_region_deltas(
-    y: torch.Tensor, x: torch.Tensor, h: int, w: int, parts: Sequence[tuple[torch.Tensor, Delta]]
-) -> torch.Tensor:
-    """``y`` [B, h·w, out] plus each part's ``mask ⊙ ΔW x`` (mask [h, w] in 0..1), with ΔW
-    applied only on the mask's bounding cells. Returns ``y`` itself when no part has any
-    support (then nothing was computed)."""
-    return add_deltas_on_cells(y, x, h, w, [(mask, support(mask), delta) for mask, delta in parts])
-
-
-def add_deltas_on_cells(
     y: torch.Tensor,
     x: torch.Tensor,
     h: int,
     w: int,
     parts: Sequence[tuple[torch.Tensor, tuple[int, int, int, int] | None, Delta]],
 ) -> torch.Tensor:
-    """``add_region_deltas`` with each mask's ``support`` given: it is read once per grid from
-    the mask on the CPU, so that sampling on a GPU does not wait on it in every block."""
+    """``y`` [B, h·w, out] plus each part's ``mask ⊙ ΔW x`` (mask [h, w] in 0..1), with ΔW
+    applied only on the mask's ``support`` cells, given with it (read once per grid from the
+    mask on the CPU, so that sampling on a GPU does not wait on it in every block). Returns
+    ``y`` itself when no part has any support (then nothing was computed)."""
     out = None
     for mask, cells, delta in parts:
         if cells is None:

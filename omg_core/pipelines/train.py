@@ -118,16 +118,7 @@ class TrainConfig:
             raise ValueError(
                 f"embedding learning rate must be positive (got {self.embedding_lr}); None uses learning_rate"
             )
-        if not 1 <= self.embedding_vectors <= MAX_EMBEDDING_VECTORS:
-            raise ValueError(
-                f"embedding_vectors must be 1 to {MAX_EMBEDDING_VECTORS} (got {self.embedding_vectors}); "
-                "each vector takes one of the prompt's 75 token places"
-            )
-        if self.embedding_vectors > 1 and not self.learn_embedding:
-            raise ValueError(
-                f"embedding_vectors is {self.embedding_vectors} but learn_embedding is off: the vectors are "
-                "the learned trigger embedding; turn learn_embedding on, or set embedding_vectors to 1"
-            )
+        check_embedding_vectors(self.embedding_vectors, self.learn_embedding)
         if self.prior_weight < 0:
             raise ValueError(
                 f"prior_weight must be 0 or more (got {self.prior_weight}); 1.0 weighs class images equally"
@@ -144,6 +135,20 @@ class TrainConfig:
 
     def prior_prompt(self) -> str:
         return self.class_prompt.replace("{class}", self.class_word.strip())
+
+
+def check_embedding_vectors(count: int, learn_embedding: bool) -> None:
+    """The vectors are the learned trigger embedding's: without one there is nothing to give them to."""
+    if not 1 <= count <= MAX_EMBEDDING_VECTORS:
+        raise ValueError(
+            f"embedding_vectors must be 1 to {MAX_EMBEDDING_VECTORS} (got {count}); "
+            "each vector takes one of the prompt's 75 token places"
+        )
+    if count > 1 and not learn_embedding:
+        raise ValueError(
+            f"embedding_vectors is {count} but learn_embedding is off: the vectors are "
+            "the learned trigger embedding; turn learn_embedding on, or set embedding_vectors to 1"
+        )
 
 
 def check_form(form: str, target: str, down: str = "basis") -> None:

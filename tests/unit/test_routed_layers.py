@@ -21,7 +21,7 @@ def test_the_change_is_the_coverage_times_the_update_and_zero_outside():
     mask[1:3, 2:5] = 1.0
     mask[1, 2] = 0.25  # a partly covered (feathered) cell
     dw, delta = _delta(0)
-    out = add_region_deltas(y, x, h, w, [(mask, delta)])
+    out = add_region_deltas(y, x, h, w, [(mask, support(mask), delta)])
     want = y + mask.reshape(1, -1, 1) * (x @ dw.T)
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5)  # the change is computed in float32
     outside = mask.reshape(-1) == 0
@@ -35,7 +35,7 @@ def test_overlapping_regions_each_add_their_own_share():
     a, b = torch.zeros(h, w, dtype=torch.float64), torch.zeros(h, w, dtype=torch.float64)
     a[:, :2], b[:, 1:] = 1.0, 0.5
     (wa, da), (wb, db) = _delta(1), _delta(2)
-    out = add_region_deltas(y, x, h, w, [(a, da), (b, db)])
+    out = add_region_deltas(y, x, h, w, [(a, support(a), da), (b, support(b), db)])
     want = a.reshape(1, -1, 1) * (x @ wa.T) + b.reshape(1, -1, 1) * (x @ wb.T)
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5)  # the change is computed in float32
 
@@ -46,7 +46,7 @@ def test_no_support_computes_nothing_and_returns_the_input():
     def never(x):
         raise AssertionError("a region without cells must not be computed")
 
-    assert add_region_deltas(y, torch.randn(1, 4, 6), 2, 2, [(torch.zeros(2, 2), never)]) is y
+    assert add_region_deltas(y, torch.randn(1, 4, 6), 2, 2, [(torch.zeros(2, 2), None, never)]) is y
     assert support(torch.zeros(3, 3)) is None
     m = torch.zeros(3, 4)
     m[1, 2] = 0.1
