@@ -47,7 +47,12 @@ def format_table(rows: dict, names: list[str], seeds: int) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--concepts-dir", type=Path, default=None, help="toyworld-NAME.safetensors files (default shipped)")
+    ap.add_argument(
+        "--concepts-dir",
+        type=Path,
+        default=None,
+        help="basis concepts toyworld-NAME.safetensors (default: the shipped kind the method uses)",
+    )
     ap.add_argument("--concepts", default=",".join(S.PERSONAL_OBJECTS), help="comma-separated personal concepts")
     ap.add_argument("--seeds", type=int, default=8, help="images per concept and box")
     ap.add_argument("--method", default="regional_routed_lc", help="a regional method of benchmarks.composition")
@@ -57,7 +62,6 @@ def main(argv=None) -> int:
     names = concept_names(args.concepts)
     boot(args.threads)
     from benchmarks.composition import METHODS, Bench, BenchSettings
-    from omg_core.bridge.binding import load_concept
     from omg_core.toyworld import concepts as C
     from omg_core.toyworld.detector import CLASSES, load_detector
     from omg_core.toyworld.generate import load_toyworld, locate
@@ -66,14 +70,10 @@ def main(argv=None) -> int:
     if args.method not in methods:
         raise SystemExit(f"--method {args.method!r}: use one of {', '.join(methods)}")
     started = time.time()
-    directory = args.concepts_dir or C.CONCEPT_DIR
     model, clip, vae = load_toyworld(bf16=True)
     detector = load_detector()
-    concepts = [
-        load_concept(str(C.orthogonal_file(n, directory)), model, clip, name=n, triggers=t)
-        for n, t in S.PERSONAL_OBJECTS.items()
-    ]
-    bench = Bench(model, clip, vae, detector, concepts, concepts, BenchSettings())
+    concepts = C.load_bench_concepts(model, clip, basis_directory=args.concepts_dir)
+    bench = Bench(model, clip, vae, detector, concepts, BenchSettings())
     rows: dict[str, dict[str, list[str]]] = {}
     for box_name, box in BOXES.items():
         for i, name in enumerate(names):
@@ -83,7 +83,8 @@ def main(argv=None) -> int:
             print(f"{box_name}: {name} {rows[box_name][name].count(name)}/{args.seeds}", flush=True)
     table = format_table(rows, names, args.seeds)
     print(table)
-    print(f"{args.method}, {directory}; the detector's reading of the largest object; {time.time() - started:.0f} s")
+    source = args.concepts_dir or f"shipped {methods[args.method].concepts} concepts"
+    print(f"{args.method}, {source}; the detector's reading of the largest object; {time.time() - started:.0f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "box_shapes.md").write_text(table + "\n")

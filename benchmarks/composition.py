@@ -93,7 +93,7 @@ COMPOSITION_SIZE = S.COMPOSITION_SIZE
 @dataclass(frozen=True)
 class Method:
     name: str
-    concepts: str  # "orthogonal" | "plain"
+    concepts: str  # a kind of toy concept (omg_core.toyworld.concepts.KINDS)
     fusion: str | None  # fuse() method for the weights, None: base weights
     conditioning: str  # "global" | "fused" | "routed" | "area"
     placement: str = "attention"  # omg_core.ops.placement.PLACEMENTS (regional methods)
@@ -103,13 +103,13 @@ class Method:
 METHODS: tuple[Method, ...] = (
     Method("no_regions", "orthogonal", "additive", "global"),
     Method("regional_additive", "orthogonal", "additive", "fused"),
-    Method("regional_routed", "orthogonal", None, "routed"),
+    Method("regional_routed", "attention", None, "routed"),
     Method("regional_least_squares", "orthogonal", "least_squares", "fused"),
     Method("regional_naive", "plain", "additive", "fused"),
     Method("area_conditioning", "plain", "additive", "area"),
     Method("regional_additive_lc", "orthogonal", "additive", "fused", "latent_composition"),
-    Method("regional_routed_lc", "orthogonal", None, "routed", "latent_composition"),
-    Method("regional_routed_sa", "orthogonal", None, "routed", "self_attention"),
+    Method("regional_routed_lc", "attention", None, "routed", "latent_composition"),
+    Method("regional_routed_sa", "attention", None, "routed", "self_attention"),
     Method("base_objects", "orthogonal", None, "fused", objects="base"),
     Method("base_objects_lc", "orthogonal", None, "fused", "latent_composition", objects="base"),
 )
@@ -170,6 +170,7 @@ class BenchSettings:
     placement_strength: float = PlacementSettings().strength
     placement_steps: float = PlacementSettings().steps
     placement_window: float = PlacementSettings().window
+    placement_separation: float = PlacementSettings().separation
 
 
 QUICK = BenchSettings(
@@ -251,6 +252,7 @@ class BenchResult:
                 "placement_strength": self.settings.placement_strength,
                 "placement_steps": self.settings.placement_steps,
                 "placement_window": self.settings.placement_window,
+                "placement_separation": self.settings.placement_separation,
                 "seed": self.settings.seed,
                 "counts": list(self.settings.counts),
                 "scenes_per_count": self.settings.scenes_per_count,
@@ -281,14 +283,19 @@ def caption_order(boxes: Sequence[BoxN]) -> list[int]:
 class Bench:
     """Generation and detection for each method, with the weights it needs cached."""
 
-    def __init__(self, model, clip, vae, detector, orthogonal, plain, settings: BenchSettings = BenchSettings()):
+    def __init__(self, model, clip, vae, detector, concepts: dict, settings: BenchSettings = BenchSettings()):
+        """``concepts``: each kind the methods use (``Method.concepts``) -> its concepts, the same objects
+        in each (``omg_core.toyworld.concepts.load_bench_concepts``)."""
         from omg_core.bridge.text_features import clip_with_trigger_embeddings
 
         self.model, self.vae, self.detector, self.settings = model, vae, detector, settings
-        self.sets = {"orthogonal": {c.name: c for c in orthogonal}, "plain": {c.name: c for c in plain}}
-        if set(self.sets["orthogonal"]) != set(self.sets["plain"]):
-            raise ValueError("the orthogonal and the plain concepts must be the same objects (same names)")
-        self.names = sorted(self.sets["orthogonal"])
+        self.sets = {kind: {c.name: c for c in group} for kind, group in concepts.items()}
+        missing = sorted({m.concepts for m in METHODS if m.name in settings.methods} - set(self.sets))
+        if missing:
+            raise ValueError(f"the methods asked for need concepts of kind {', '.join(missing)}")
+        if len({frozenset(group) for group in self.sets.values()}) != 1:
+            raise ValueError("every kind of concept must hold the same objects (same names)")
+        self.names = sorted(next(iter(self.sets.values())))
         for name in self.names:
             if name not in CLASSES:
                 raise ValueError(
@@ -363,6 +370,7 @@ class Bench:
                 self.settings.placement_strength,
                 self.settings.placement_steps,
                 self.settings.placement_window,
+                self.settings.placement_separation,
             )
             model = apply_regional_attention(
                 model, spec, prompts, mode=method.conditioning, bindings=bindings, placement=placement
@@ -643,8 +651,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--concepts-dir",
         type=Path,
         default=None,
-        help="orthogonal concepts from this folder (toyworld-NAME.safetensors, e.g. a trainer_fidelity variant); "
-        "the plain ones stay the shipped",
+        help="basis concepts from this folder (toyworld-NAME.safetensors, e.g. a trainer_fidelity variant) for "
+        "every method that uses basis concepts; the plain ones stay the shipped",
+    )
+    ap.add_argument(
+        "--placement-separation",
+        type=float,
+        default=None,
+        help="latent composition: share of steps the full pass's self-attention keeps boxes apart (0..1)",
     )
     ap.add_argument("--placement-steps", type=float, default=None, help="share of steps placement acts on (0..1)")
     ap.add_argument("--placement-strength", type=float, default=None, help="placement strength (0..1)")
@@ -664,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     comfy_host.boot()
-    from omg_core.toyworld.concepts import CONCEPT_DIR, load_bench_concepts
+    from omg_core.toyworld.concepts import load_bench_concepts
     from omg_core.toyworld.detector import load_detector
     from omg_core.toyworld.generate import load_toyworld
 
@@ -686,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, placement_strength=args.placement_strength)
     if args.placement_window is not None:
         settings = replace(settings, placement_window=args.placement_window)
+    if args.placement_separation is not None:
+        settings = replace(settings, placement_separation=args.placement_separation)
     if args.global_prompt is not None:
         settings = replace(settings, regional_global=args.global_prompt)
     from omg_core.toyworld.layouts import random_layouts, read_layouts
@@ -702,11 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, layouts=tuple(random_layouts(settings.counts, args.random, args.seed)))
     out = args.out or repo / ".cache" / "toyworld" / ("bench-quick" if args.quick else "bench")
     model, clip, vae = load_toyworld(bf16=not args.quick)
-    if args.concepts_dir:
-        orthogonal, plain = load_bench_concepts(model, clip, args.concepts_dir, plain_directory=CONCEPT_DIR)
-    else:
-        orthogonal, plain = load_bench_concepts(model, clip)
-    bench = Bench(model, clip, vae, load_detector(), orthogonal, plain, settings)
+    concepts = load_bench_concepts(model, clip, basis_directory=args.concepts_dir)
+    bench = Bench(model, clip, vae, load_detector(), concepts, settings)
     result = bench.run(progress=lambda m: print(m, flush=True))
     table = format_table(result)
     print(table)

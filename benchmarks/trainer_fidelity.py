@@ -92,10 +92,10 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log, name
     for slot, name in enumerate(S.PERSONAL_OBJECTS):
         if name not in names:
             continue
-        path = C.orthogonal_file(name, directory)
+        path = C.concept_file(name, "orthogonal", directory)
         stats = C.trained_stats(path)
         if stats is None:
-            config = dataclasses.replace(C.train_config(name, slot, True, settings), **config_changes)
+            config = dataclasses.replace(C.train_config(name, slot, "orthogonal", settings), **config_changes)
             result = train_concept(
                 model, clip, vae, C.training_images(name, settings.images, settings.seed, settings.size), config
             )
@@ -109,17 +109,13 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log, name
 def evaluate(model, clip, vae, detector, directory: Path, method: str, seeds: int, names: Sequence[str]) -> dict:
     """Per concept: (boxed hits, prompt hits, images) — see the module docstring."""
     from benchmarks.composition import LAYOUTS, METHODS, Bench, BenchSettings, MethodResult
-    from omg_core.bridge.binding import load_concept
     from omg_core.toyworld import concepts as C
     from omg_core.toyworld.detector import CLASSES
     from omg_core.toyworld.generate import locate
 
-    concepts = [
-        load_concept(str(C.orthogonal_file(n, directory)), model, clip, name=n, triggers=t)
-        for n, t in S.PERSONAL_OBJECTS.items()
-        if n in names
-    ]
-    bench = Bench(model, clip, vae, detector, concepts, concepts, BenchSettings(alone_seeds=seeds))
+    shipped = Path(directory) == C.CONCEPT_DIR  # the kind each method uses; a variant's files stand for both
+    concepts = C.load_bench_concepts(model, clip, basis_directory=None if shipped else directory, names=tuple(names))
+    bench = Bench(model, clip, vae, detector, concepts, BenchSettings(alone_seeds=seeds))
     boxed = MethodResult()
     bench.alone(next(m for m in METHODS if m.name == method), boxed)
     whole = next(m for m in METHODS if m.name == "no_regions")

@@ -12,7 +12,8 @@ shipped ``base_weights.safetensors`` there as ``unet-compose-N.safetensors`` to
 train only the rounds after N. The result, written to ``assets/toyworld/``:
 ``base_weights.safetensors`` (UNet int8 + TAESD fp16), ``detector.safetensors``,
 ``manifest.json`` (settings, text-encoder probe, timings, measured accuracy) and
-``concepts/`` (each personal concept orthogonal and plain, and in every external format).
+``concepts/`` (each personal concept of every kind of ``omg_core.toyworld.concepts.KINDS``, and in every
+external format).
 Everything is seeded; the same settings give the same weights on the same
 software versions. On a shared machine run it with ``nice -n 19`` and
 ``--threads 1``: two threads that wait on each other waste most of their time
@@ -70,7 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore cached stages")
     ap.add_argument("--concepts", action="store_true", help="train the personal concepts (needs the base model)")
     ap.add_argument("--names", default=None, help="with --concepts: a comma-separated part of them (parallel runs)")
-    ap.add_argument("--kinds", default="orthogonal,plain", help="with --concepts: orthogonal, plain or both")
+    ap.add_argument(
+        "--kinds", default="orthogonal,attention,plain", help="with --concepts: comma-separated kinds of concept"
+    )
     args = ap.parse_args(argv)
     if args.concepts:
         return train_concepts(args)
@@ -310,12 +313,12 @@ def train_concepts(args) -> int:
     w, c = time.time(), time.process_time()
     names = tuple(n.strip() for n in (args.names or ",".join(S.PERSONAL_OBJECTS)).split(",") if n.strip())
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    if set(names) - set(S.PERSONAL_OBJECTS) or set(kinds) - {"orthogonal", "plain"}:
-        raise SystemExit(f"--names from {', '.join(S.PERSONAL_OBJECTS)}; --kinds from orthogonal, plain")
+    if set(names) - set(S.PERSONAL_OBJECTS) or set(kinds) - set(C.KINDS):
+        raise SystemExit(f"--names from {', '.join(S.PERSONAL_OBJECTS)}; --kinds from {', '.join(C.KINDS)}")
     report = C.train_personal_concepts(
         model, clip, vae, directory, settings, names, log=lambda m: print(m, flush=True), kinds=kinds
     )
-    if set(names) != set(S.PERSONAL_OBJECTS) or set(kinds) != {"orthogonal", "plain"}:
+    if set(names) != set(S.PERSONAL_OBJECTS) or set(kinds) != set(C.KINDS):
         print(
             f"trained {', '.join(kinds)} {', '.join(names)}; run without --names/--kinds to finish and write the formats"
         )

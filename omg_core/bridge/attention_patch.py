@@ -645,11 +645,12 @@ def apply_regional_attention(
         clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, RECORDER_OPTION, _reset_recorder)
     if placement is not None and placement.method == "latent_composition" and placement.strength > 0:
         _add_latent_composition(clone, spec, prompts, layers, routed is not None, bindings, placement)
-    if placement is not None and placement.method == "self_attention" and placement.strength > 0 and len(spec):
-        bias = LayoutBias(spec, placement.strength)
+    layout = _self_attention_layout(placement)
+    if layout is not None and len(spec):
+        bias = LayoutBias(spec, layout.strength, apart=placement.method == "latent_composition")
         for layer in layers:
             previous = _existing_replace(clone, "attn1", layer)
-            clone.set_model_attn1_replace(SelfAttentionLayout(bias, placement, previous), *layer.key)
+            clone.set_model_attn1_replace(SelfAttentionLayout(bias, layout, previous), *layer.key)
     if projections:
         _add_routed_projections(clone, state, layers)
     return clone
@@ -664,6 +665,18 @@ def _add_routed_projections(clone, state: RegionalAttention, layers) -> None:
         clone.set_model_attn1_replace(_RoutedSelfAttention(state, layer, previous), *layer.key)
     clone.set_model_attn1_output_patch(_RoutedOutput(state, "attn1"))
     clone.set_model_attn2_output_patch(_RoutedOutput(state, "attn2"))
+
+
+def _self_attention_layout(placement: PlacementSettings | None) -> PlacementSettings | None:
+    """How the full pass's self-attention is confined to the layout: the ``self_attention``
+    method itself, or latent composition's ``separation`` (boxes kept apart, over its own share of the run)."""
+    if placement is None:
+        return None
+    if placement.method == "self_attention":
+        return placement if placement.strength > 0 else None
+    if placement.method == "latent_composition" and placement.separation > 0:
+        return PlacementSettings("self_attention", strength=1.0, steps=placement.separation)
+    return None
 
 
 def _existing_replace(clone, kind: str, layer: CrossAttentionLayer):

@@ -11,6 +11,7 @@ from omg_core.bridge.attention_recorder import RECORDER_OPTION
 from omg_core.ops.placement import (
     PlacementSettings,
     active_steps,
+    apart_bias,
     blend,
     call_groups,
     crop_cells,
@@ -109,17 +110,21 @@ class LayoutBias:
     """The layout's attention bias per grid, made once and shared by every
     block's ``SelfAttentionLayout`` (at 64×64 cells one bias is 4096² values)."""
 
-    def __init__(self, spec: RegionSpec, strength: float):
-        self.spec, self.strength = spec, strength
+    def __init__(self, spec: RegionSpec, strength: float, apart: bool = False):
+        self.spec, self.strength, self.apart = spec, strength, apart
         self._bias: dict[tuple, torch.Tensor] = {}
 
     def __deepcopy__(self, memo):
         return self
 
-    def __call__(self, h: int, w: int, device, dtype) -> torch.Tensor:
+    def __call__(self, h: int, w: int, device, dtype) -> torch.Tensor | None:
+        """The bias on an h × w grid; None where it would change nothing (one box kept apart from no other),
+        so that attention there stays ComfyUI's own, bit for bit."""
         key = (h, w, str(device), dtype)
         if key not in self._bias:
-            self._bias[key] = layout_bias(layout_labels(self.spec, h, w), self.strength).to(device, dtype)
+            labels = layout_labels(self.spec, h, w)
+            bias = apart_bias(labels) if self.apart else layout_bias(labels, self.strength)
+            self._bias[key] = bias.to(device, dtype) if bool((bias != 0).any()) else None
         return self._bias[key]
 
 
@@ -139,7 +144,10 @@ class SelfAttentionLayout:
 
         heads = extra_options["n_heads"]
         early = active_steps(extra_options.get("sample_sigmas"), extra_options.get("sigmas"), self.settings.steps)
-        if not early or REGION_PASS_OPTION in extra_options or q.shape[1] != k.shape[1]:
+        bias = None
+        if early and REGION_PASS_OPTION not in extra_options and q.shape[1] == k.shape[1]:
+            bias = self.bias(*attention_grid(extra_options, q.shape[1]), q.device, q.dtype)
+        if bias is None:
             if self.previous is not None:
                 return self.previous(q, k, v, extra_options)
             import comfy.ldm.modules.attention as comfy_attention
@@ -147,8 +155,7 @@ class SelfAttentionLayout:
             return comfy_attention.optimized_attention(
                 q, k, v, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
             )
-        h, w = attention_grid(extra_options, q.shape[1])
         b, n, inner = q.shape
         split = [t.reshape(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v)]
-        out = torch.nn.functional.scaled_dot_product_attention(*split, attn_mask=self.bias(h, w, q.device, q.dtype))
+        out = torch.nn.functional.scaled_dot_product_attention(*split, attn_mask=bias)
         return out.transpose(1, 2).reshape(b, n, inner)

@@ -50,7 +50,13 @@ class PlacementSettings:
     """``strength`` 0..1: the box prediction's share inside the box;
     ``steps`` 0..1: the share of the schedule (from the first step) it acts on;
     ``window`` 0..1 (latent composition): each box's own pass denoises at
-    least this share of each side of the image around the box (``crop_window``)."""
+    least this share of each side of the image around the box (``crop_window``);
+    ``separation`` 0..1 (latent composition): the share of the schedule, from
+    the first step, in which the full pass's self-attention also keeps each
+    box from the others (``apart_bias``: a box's queries see their own box and
+    the background, never another box) — once the boxes' own passes stop, the
+    full pass alone draws every object, and attention between boxes is what
+    would let one box's object take another's parts."""
 
     method: str = DEFAULT_PLACEMENT
     strength: float = 1.0
@@ -59,11 +65,12 @@ class PlacementSettings:
     # not yet formed; at 0.6 with a half-image window most boxes keep theirs.
     steps: float = 0.6
     window: float = 0.5
+    separation: float = 0.0
 
     def __post_init__(self):
         if self.method not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.method!r}")
-        for name in ("strength", "steps", "window"):
+        for name in ("strength", "steps", "window", "separation"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
                 raise ValueError(f"placement {name} must be a number in 0..1, got {value!r}")
@@ -164,3 +171,12 @@ def layout_bias(labels: torch.Tensor, strength: float) -> torch.Tensor:
     same = labels[:, None] == labels[None, :]
     off = math.log(1 - strength) if strength < 1 else -math.inf
     return torch.where(same, 0.0, off)
+
+
+def apart_bias(labels: torch.Tensor) -> torch.Tensor:
+    """[N, N] additive attention bias that keeps boxes apart and nothing else:
+    -inf from a cell of one region to a cell of another, 0 where either is background
+    or both are of the same region."""
+    boxed = labels >= 0
+    other = boxed[:, None] & boxed[None, :] & (labels[:, None] != labels[None, :])
+    return torch.where(other, -math.inf, 0.0)

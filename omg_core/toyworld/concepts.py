@@ -1,12 +1,20 @@
 """The toy world's personal concepts: trained with the pack's trainer, written in every format.
 
 Each personal object (``scenes.PERSONAL_OBJECTS``) is trained from ten seeded
-photos with ``omg_core.pipelines.train.train_concept`` twice, with the same settings:
+photos with ``omg_core.pipelines.train.train_concept`` in each of ``KINDS``,
+with the same settings otherwise:
 
 * *orthogonal*: k/v-only LoRA whose down-projections are rows of the shared
-  basis, concept i in slot i — what the pack's fusion and routing are for;
-* *plain*: free (trained) down-projections — an ordinary LoRA, the baseline
-  that naive stacking and area conditioning use.
+  basis, concept i in slot i — what the pack's fusion is for;
+* *attention*: the same on every attention projection (self-attention and
+  cross-attention q/k/v/out) — for routed regions, which give each box its own
+  concept's projections. A k/v update only changes what the text tells the
+  image, so it can recombine parts the base model draws but not teach it a new
+  shape; the kite's and the berry's downward triangles need the rest
+  (``assets/toyworld/bench/trainer/attention``). Fused, their self-attention
+  changes act on the whole image, so the fusion methods keep the k/v ones;
+* *plain*: free (trained) down-projections, k/v — an ordinary LoRA, the
+  baseline that naive stacking and area conditioning use.
 
 Both learn the trigger word's embedding too (Mix-of-Show's ED-LoRA recipe):
 a k/v update alone reads the trigger only through a fixed random text
@@ -14,7 +22,7 @@ feature, and in this small world that drew one-colour blobs where a
 two-colour object was asked for; with the embedding the concepts come out
 whole.
 
-The orthogonal concepts are also written in each external format the pack
+The orthogonal (k/v) concepts are also written in each external format the pack
 reads, exactly (every format below holds a k/v low-rank update and one token
 vector without loss): kohya/sd-scripts LoRA and LyCORIS LoKr (with a 1×1
 first Kronecker factor, kron([[1]], B·A) = B·A) with the token as a bundled
@@ -77,12 +85,24 @@ class ConceptTrainSettings:
     crop: float = 0.1  # scale/position augmentation (TrainConfig.crop)
 
 
-def orthogonal_file(name: str, directory: Path = CONCEPT_DIR) -> Path:
-    return Path(directory) / f"toyworld-{name}.safetensors"
+@dataclass(frozen=True)
+class ConceptKind:
+    """How one kind of toy concept is trained (``TrainConfig.down``/``target``) and named on disk."""
+
+    suffix: str
+    down: str
+    target: str
 
 
-def plain_file(name: str, directory: Path = CONCEPT_DIR) -> Path:
-    return Path(directory) / f"toyworld-{name}-plain.safetensors"
+KINDS = {
+    "orthogonal": ConceptKind("", "basis", "kv"),
+    "attention": ConceptKind("-attention", "basis", "attention"),
+    "plain": ConceptKind("-plain", "free", "kv"),
+}
+
+
+def concept_file(name: str, kind: str = "orthogonal", directory: Path = CONCEPT_DIR) -> Path:
+    return Path(directory) / f"toyworld-{name}{KINDS[kind].suffix}.safetensors"
 
 
 def training_images(name: str, n: int = 10, seed: int = 0, size: int = S.IMAGE_SIZE) -> torch.Tensor:
@@ -91,10 +111,11 @@ def training_images(name: str, n: int = 10, seed: int = 0, size: int = S.IMAGE_S
     return S.to_tensor([s.image for s in photos]).permute(0, 2, 3, 1).contiguous()
 
 
-def train_config(name: str, slot: int, orthogonal: bool, settings: ConceptTrainSettings):
+def train_config(name: str, slot: int, kind: str, settings: ConceptTrainSettings):
     from omg_core.pipelines.train import TrainConfig
 
     return TrainConfig(
+        target=KINDS[kind].target,
         trigger=S.PERSONAL_OBJECTS[name],
         class_word=CLASS_WORDS[name],
         steps=settings.steps,
@@ -103,7 +124,7 @@ def train_config(name: str, slot: int, orthogonal: bool, settings: ConceptTrainS
         basis_seed=BASIS_SEED,
         slot=slot,
         seed=settings.seed + slot,
-        down="basis" if orthogonal else "free",
+        down=KINDS[kind].down,
         batch_size=settings.batch_size,
         learn_embedding=settings.learn_embedding,
         crop=settings.crop,
@@ -121,9 +142,9 @@ def train_personal_concepts(
     settings: ConceptTrainSettings = ConceptTrainSettings(),
     names: tuple[str, ...] = tuple(S.PERSONAL_OBJECTS),
     log: Callable[[str], None] | None = None,
-    kinds: tuple[str, ...] = ("orthogonal", "plain"),
+    kinds: tuple[str, ...] = tuple(KINDS),
 ) -> dict[str, dict]:
-    """Train every personal concept orthogonally (slot i) and plainly; write native files.
+    """Train every personal concept in each of ``kinds`` (the basis ones in slot i); write native files.
 
     ``names``/``kinds`` select a part, so that parts can train in separate processes; a
     concept keeps slot i of ``S.PERSONAL_OBJECTS`` whatever the selection."""
@@ -137,14 +158,11 @@ def train_personal_concepts(
         if name not in names:
             continue
         images = None
-        for orthogonal in (True, False):
-            kind = "orthogonal" if orthogonal else "plain"
-            if kind not in kinds:
-                continue
-            path = orthogonal_file(name, directory) if orthogonal else plain_file(name, directory)
+        for kind in kinds:
+            path = concept_file(name, kind, directory)
             stats = trained_stats(path)
             if stats is None:  # not trained yet (an interrupted run resumes here)
-                config = train_config(name, slot, orthogonal, settings)
+                config = train_config(name, slot, kind, settings)
                 if images is None:
                     images = training_images(name, settings.images, settings.seed, settings.size)
                 result = train_concept(model, clip, vae, images, config)
@@ -157,7 +175,8 @@ def train_personal_concepts(
             report[f"{name}/{kind}"] = stats
             if log is not None:
                 log(
-                    f"{name} ({kind}): probe loss {stats['probe_loss_start']:.4f} -> {stats['probe_loss_end']:.4f} in {stats['seconds']:.0f} s"
+                    f"{name} ({kind}): probe loss {stats.get('probe_loss_start', float('nan')):.4f} -> "
+                    f"{stats['probe_loss_end']:.4f} in {stats['seconds']:.0f} s"
                 )
     return report
 
@@ -174,24 +193,31 @@ def trained_stats(path: Path) -> dict | None:
 
 
 def load_bench_concepts(
-    model, clip, directory: Path = CONCEPT_DIR, plain_directory: Path | None = None
-) -> tuple[list[Concept], list[Concept]]:
-    """(orthogonal, plain) concepts of every personal object, bound to ``model`` by ``load_concept``;
-    the plain ones from ``plain_directory`` when given (the orthogonal ones of a trainer variant
-    are compared against the shipped plain LoRAs)."""
+    model,
+    clip,
+    directory: Path = CONCEPT_DIR,
+    basis_directory: Path | None = None,
+    names: tuple[str, ...] = tuple(S.PERSONAL_OBJECTS),
+) -> dict[str, list[Concept]]:
+    """The concepts of each kind of the personal objects ``names``, bound to ``model`` by ``load_concept``.
+    With ``basis_directory`` (a trainer variant's ``toyworld-NAME.safetensors``) its files stand
+    for both basis kinds, so that every method reads the variant, against the shipped plain LoRAs."""
     from omg_core.bridge.binding import load_concept
 
-    orthogonal, plain = [], []
-    plain_directory = directory if plain_directory is None else plain_directory
+    out: dict[str, list[Concept]] = {kind: [] for kind in KINDS}
     for name, trigger in S.PERSONAL_OBJECTS.items():
-        pairs = ((orthogonal_file(name, directory), orthogonal), (plain_file(name, plain_directory), plain))
-        for path, out in pairs:
+        if name not in names:
+            continue
+        for kind, concepts in out.items():
+            path = concept_file(name, kind, directory)
+            if basis_directory is not None and KINDS[kind].down == "basis":
+                path = concept_file(name, "orthogonal", basis_directory)
             if not path.exists():
                 raise ValueError(
                     f"toy-world concept file {path} is missing; train it with `python scripts/train_toyworld.py --concepts`"
                 )
-            out.append(load_concept(str(path), model, clip, name=name, triggers=trigger))
-    return orthogonal, plain
+            concepts.append(load_concept(str(path), model, clip, name=name, triggers=trigger))
+    return out
 
 
 # ------------------------------------------------------------------ external formats
@@ -338,14 +364,15 @@ def external_trigger(fmt: str) -> str:
 
 
 def write_external_formats(model, clip, directory: Path = CONCEPT_DIR) -> dict[str, Path]:
-    """Every external format, from the orthogonal concepts' native files."""
+    """Every external format, from the orthogonal (k/v) concepts' native files: Custom Diffusion's
+    holds cross-attention only, so the formats carry the kind every one of them can hold whole."""
     from omg_core.bridge.binding import load_concept
 
     directory = Path(directory)
     out = {}
     for fmt, name in EXTERNAL_FORMATS.items():
         concept = load_concept(
-            str(orthogonal_file(name, directory)), model, clip, name=name, triggers=S.PERSONAL_OBJECTS[name]
+            str(concept_file(name, "orthogonal", directory)), model, clip, name=name, triggers=S.PERSONAL_OBJECTS[name]
         )
         out[fmt] = WRITERS[fmt](concept, external_file(fmt, directory), token_vector(concept, clip))
     return out

@@ -692,6 +692,34 @@ def test_routed_projections_act_where_the_region_is_and_nowhere_else(sd15):
     torch.testing.assert_close(got[:, :, :4], changed[:, :, :4], rtol=1e-5, atol=1e-5)
 
 
+def test_separation_keeps_boxes_apart_in_the_full_pass_and_leaves_the_boxes_own_passes(sd15):
+    """Latent composition's separation acts in the full pass only, between boxes: with one box it changes
+    nothing, bit for bit; with two it changes the image, while each box's cells keep what its own pass
+    drew (strength 1 over every step)."""
+    from omg_core.ops.placement import PlacementSettings
+
+    model, clip, _ = sd15
+    neg = enc(clip, "")
+    one = spec(Region("a blue square", box=(0.0, 0.0, 0.5, 0.5)), width=128, height=64)
+    two = spec(*one.regions, Region("a red circle", box=(0.5, 0.5, 1.0, 1.0)), width=128, height=64)
+    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(5))
+
+    def run(layout, placement, steps=1):
+        patched, positive = rp().regional_prompting(model, clip, layout, "an empty background", placement=placement)
+        return _sample_noise(patched, positive, neg, noise, steps=steps)
+
+    for layout, acts in ((one, False), (two, True)):
+        plain = run(layout, PlacementSettings("latent_composition", 1.0, 0.0), steps=2)
+        apart = run(layout, PlacementSettings("latent_composition", 1.0, 0.0, separation=1.0), steps=2)
+        assert torch.equal(apart, plain) != acts
+    placed = run(two, PlacementSettings("latent_composition", 1.0, 1.0, 0.0))
+    separated = run(two, PlacementSettings("latent_composition", 1.0, 1.0, 0.0, separation=1.0))
+    boxes = torch.zeros(8, 16, dtype=torch.bool)
+    boxes[0:4, 0:8] = boxes[4:8, 8:16] = True
+    assert torch.equal(separated[..., boxes], placed[..., boxes])
+    assert (separated[..., ~boxes] - placed[..., ~boxes]).abs().max() > 1e-3, "separation must act outside the boxes"
+
+
 def test_placement_at_strength_zero_or_without_regions_changes_nothing(sd15):
     from omg_core.ops.placement import PlacementSettings
 

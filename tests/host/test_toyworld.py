@@ -67,7 +67,7 @@ def test_a_personal_concept_is_drawn_only_when_loaded(toyworld, detector, bench_
     from omg_core.toyworld.generate import SamplerSettings, generate, locate
 
     model, clip, vae = toyworld
-    house = next(c for c in bench_concepts[0] if c.name == "house")
+    house = next(c for c in bench_concepts["orthogonal"] if c.name == "house")
     loaded = (apply_updates(model, None, house.scaled_unet(), {})[0], clip_with_trigger_embeddings(clip, [house]))
     settings = SamplerSettings(steps=12)
     hits = {}
@@ -84,7 +84,7 @@ def test_external_format_files_hold_the_same_concept(toyworld, bench_concepts, f
 
     model, clip, _ = toyworld
     name = EXTERNAL_FORMATS[fmt]
-    native = next(c for c in bench_concepts[0] if c.name == name)
+    native = next(c for c in bench_concepts["orthogonal"] if c.name == name)
     loaded = load_concept(str(external_file(fmt)), model, clip, name=name)
     if fmt in ("kohya", "edlora", "custom_diffusion"):  # formats that carry their trigger word
         assert loaded.triggers == (external_trigger(fmt),)
@@ -101,7 +101,7 @@ def test_composition_benchmark_runs_every_method_end_to_end(toyworld, detector, 
     from benchmarks.composition import METHOD_NAMES, METHODS, QUICK, Bench, format_table, grid_image
 
     model, clip, vae = toyworld
-    result = Bench(model, clip, vae, detector, *bench_concepts, QUICK).run()
+    result = Bench(model, clip, vae, detector, bench_concepts, QUICK).run()
     assert set(result.methods) == set(METHOD_NAMES)
     for r in result.methods.values():
         for n in QUICK.counts:

@@ -87,6 +87,7 @@ def test_a_region_alone_covers_its_whole_pass_with_its_own_prompts():
         ({"strength": float("nan")}, "strength must be a number in 0..1"),
         ({"steps": 1.5}, "steps must be a number in 0..1"),
         ({"window": -0.1}, "window must be a number in 0..1"),
+        ({"separation": 2}, "separation must be a number in 0..1"),
     ],
 )
 def test_placement_settings_refuse_what_they_cannot_do(kwargs, message):
@@ -123,3 +124,12 @@ def test_self_attention_layout_keeps_each_query_within_its_own_area():
         torch.testing.assert_close(out[:, rows], want.transpose(1, 2).reshape(2, -1, 8), rtol=1e-12, atol=1e-12)
     half = layout_bias(torch.tensor([0, -1]), 0.75)
     assert torch.allclose(half.exp(), torch.tensor([[1.0, 0.25], [0.25, 1.0]]))
+
+
+def test_apart_bias_cuts_attention_between_boxes_only():
+    from omg_core.ops.placement import apart_bias
+
+    bias = apart_bias(torch.tensor([0, 0, 1, -1]))
+    inf = -math.inf
+    expected = torch.tensor([[0, 0, inf, 0], [0, 0, inf, 0], [inf, inf, 0, 0], [0, 0, 0, 0]])
+    assert torch.equal(bias, expected)

@@ -89,7 +89,11 @@ def test_the_toy_recipe_reaches_the_trainer_config_whole():
     from omg_core.toyworld.concepts import ConceptTrainSettings, train_config
 
     settings = replace(ConceptTrainSettings(), steps=7, learning_rate=0.02, rank=2, batch_size=3, crop=0.25)
-    config = train_config("kite", 2, True, settings)
+    config = train_config("kite", 2, "orthogonal", settings)
     assert (config.steps, config.learning_rate, config.rank, config.batch_size, config.crop) == (7, 0.02, 2, 3, 0.25)
     assert (config.slot, config.down, config.learn_embedding) == (2, "basis", settings.learn_embedding)
     config.validate()
+    assert (train_config("kite", 2, "attention", settings).target, train_config("kite", 2, "plain", settings).down) == (
+        "attention",
+        "free",
+    )
