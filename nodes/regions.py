@@ -244,7 +244,8 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     "boxes do not merge (one UNet pass). latent_composition: in the first placement_steps of "
                     "the run each box is also denoised on its own crop with its own prompt (routed: its own "
                     "concept) and blended in by placement_strength — the boxes' windows (placement_window) go "
-                    "through the UNet together, one extra call in those steps.",
+                    "through the UNet together, one extra call in those steps; placement_separation keeps the "
+                    "boxes apart in self-attention.",
                 ),
                 _share_input(
                     "placement_strength",
@@ -264,6 +265,14 @@ class OMGApplyRegionalAttention(io.ComfyNode):
                     "width and height around the box (only the box is blended in). A small box alone is an image "
                     "far smaller than the model was trained on, and comes back empty; 0: the box itself.",
                 ),
+                _share_input(
+                    "placement_separation",
+                    PlacementSettings().separation,
+                    "latent_composition: share of the sampling steps, from the first, in which the full image's "
+                    "self-attention keeps the boxes apart (a query in a box sees its own box and the background, "
+                    "never another box), so that one box's object does not take another's parts once the boxes' "
+                    "own passes stop. No extra UNet pass; 0: off.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="A patched clone; the input model is unchanged."),
@@ -273,12 +282,15 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, placement_strength=None, placement_steps=None, placement_window=None) -> bool | str:
+    def validate_inputs(
+        cls, placement_strength=None, placement_steps=None, placement_window=None, placement_separation=None
+    ) -> bool | str:
         return numbers_in_range(
             cls,
             placement_strength=placement_strength,
             placement_steps=placement_steps,
             placement_window=placement_window,
+            placement_separation=placement_separation,
         )
 
     @classmethod
@@ -294,10 +306,11 @@ class OMGApplyRegionalAttention(io.ComfyNode):
         placement_strength=PlacementSettings().strength,
         placement_steps=PlacementSettings().steps,
         placement_window=PlacementSettings().window,
+        placement_separation=PlacementSettings().separation,
         record_attention_maps=False,
     ) -> io.NodeOutput:
         recorder = concept_recorder(model, clip, regions, mode, concepts) if record_attention_maps else None
-        how = PlacementSettings(placement, placement_strength, placement_steps, placement_window)
+        how = PlacementSettings(placement, placement_strength, placement_steps, placement_window, placement_separation)
         patched, positive = regional_prompting(model, clip, regions, base_prompt, mode, concepts, recorder, how)
         preview = render_preview(regions)
         # Warnings go to the console (regional_warnings) and, written under the preview, onto the node itself;

@@ -497,6 +497,7 @@ def test_bad_boxes_are_refused_when_queued_before_anything_runs(host, boxes, mes
     [
         ("placement_window", 1.5, "placement_window 1.5 is above its maximum 1"),
         ("placement_steps", float("nan"), "placement_steps is nan: give it a finite number"),
+        ("placement_separation", -0.5, "placement_separation -0.5 is below its minimum 0"),
     ],
 )
 def test_placement_settings_out_of_range_are_refused_when_queued(host, name, value, message):
@@ -709,10 +710,10 @@ def test_separation_keeps_boxes_apart_in_the_full_pass_and_leaves_the_boxes_own_
         return _sample_noise(patched, positive, neg, noise, steps=steps)
 
     for layout, acts in ((one, False), (two, True)):
-        plain = run(layout, PlacementSettings("latent_composition", 1.0, 0.0), steps=2)
+        plain = run(layout, PlacementSettings("latent_composition", 1.0, 0.0, separation=0.0), steps=2)
         apart = run(layout, PlacementSettings("latent_composition", 1.0, 0.0, separation=1.0), steps=2)
         assert torch.equal(apart, plain) != acts
-    placed = run(two, PlacementSettings("latent_composition", 1.0, 1.0, 0.0))
+    placed = run(two, PlacementSettings("latent_composition", 1.0, 1.0, 0.0, separation=0.0))
     separated = run(two, PlacementSettings("latent_composition", 1.0, 1.0, 0.0, separation=1.0))
     boxes = torch.zeros(8, 16, dtype=torch.bool)
     boxes[0:4, 0:8] = boxes[4:8, 8:16] = True
