@@ -8,7 +8,8 @@ CPU at 256×256 and 512×512 (one torch thread by default): plain, with the pack
 comparison (every region attends with the full image's queries, repeated per
 region, and the outputs are summed under the masks), and with each placement
 method (``omg_core.ops.placement``) on a step where it acts (latent composition
-also with one UNet call per box, to show what batching the boxes buys). The ratio to plain is
+also with one UNet call per box, to show what batching the boxes buys, and its
+separation alone: a step after the boxes' own passes). The ratio to plain is
 taken on the process's CPU time per step, which other processes on a shared
 machine disturb far less than wall-clock time (both are printed).
 Configurations are interleaved round by round and the median per
@@ -229,6 +230,11 @@ def bench(
                 apart = apply_regional_attention(model, spec, prompts, placement=placement)
                 apart.model_options["model_function_wrapper"].batched = False
                 configs.append((f"regional + {method}, a call per box", n, apart))
+                # a step after the boxes' own passes, where only the separation acts
+                later = replace(placement, steps=0.0, separation=1.0)
+                configs.append(
+                    ("regional + separation", n, apply_regional_attention(model, spec, prompts, placement=later))
+                )
         for every in (False, True) if routed else ():
             bound = routed_concepts(model, n, every)
             what = "every projection" if every else "k/v"
@@ -239,6 +245,14 @@ def bench(
                     f"routed, {what} + latent_composition",
                     n,
                     apply_regional_attention(model, spec, prompts, "routed", bound, placement=placement),
+                )
+            )
+            later = replace(placement, steps=0.0, separation=1.0)
+            configs.append(
+                (
+                    f"routed, {what} + separation",
+                    n,
+                    apply_regional_attention(model, spec, prompts, "routed", bound, placement=later),
                 )
             )
     for n in couple_counts:

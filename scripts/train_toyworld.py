@@ -1,7 +1,7 @@
 """Train the toy world from scratch: autoencoder, detector, UNet — then ship it.
 
     python scripts/train_toyworld.py            # the base model: autoencoder, detector, UNet (~55 + ~45 CPU-minutes)
-    python scripts/train_toyworld.py --concepts # the personal concepts on the shipped base model (~35 CPU-minutes)
+    python scripts/train_toyworld.py --concepts # the personal concepts on the shipped base model (~60 CPU-minutes)
     python scripts/train_toyworld.py --quick    # a smoke run with tiny settings, writes nothing to assets/
 
 Stages are cached under ``.cache/toyworld/`` so an interrupted run resumes at

@@ -636,13 +636,6 @@ def apply_regional_attention(
         clone.set_model_attn2_patch(_note_context)
     for layer in layers:
         clone.set_model_attn2_replace(_LayerPatch(state, layer, _existing_replace(clone, "attn2", layer)), *layer.key)
-    if recorder is not None:
-        from comfy.patcher_extension import CallbacksMP
-
-        options = clone.model_options.setdefault("transformer_options", {})
-        options[RECORDER_OPTION] = recorder
-        recorder.owner = options
-        clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, RECORDER_OPTION, _reset_recorder)
     if placement is not None and placement.method == "latent_composition" and placement.strength > 0:
         _add_latent_composition(clone, spec, prompts, layers, routed is not None, bindings, placement)
     layout = _self_attention_layout(placement)
@@ -653,6 +646,14 @@ def apply_regional_attention(
             clone.set_model_attn1_replace(SelfAttentionLayout(bias, layout, previous), *layer.key)
     if projections:
         _add_routed_projections(clone, state, layers)
+    if recorder is not None:
+        # Last: ComfyUI copies transformer_options whenever a patch is set, and the recorder belongs to the final dict.
+        from comfy.patcher_extension import CallbacksMP
+
+        options = clone.model_options.setdefault("transformer_options", {})
+        options[RECORDER_OPTION] = recorder
+        recorder.owner = options
+        clone.add_callback_with_key(CallbacksMP.ON_PRE_RUN, RECORDER_OPTION, _reset_recorder)
     return clone
 
 

@@ -620,6 +620,26 @@ def attention_concept(model, name, trigger, seed, kv=True):
     return Concept(name=name, triggers=(trigger,), family="sd15", source_format="native", unet=unet)
 
 
+def test_maps_are_recorded_with_every_patch_the_default_placement_sets_in_routed_mode(sd15):
+    """Routed concepts of every projection and the default placement set attn1 patches after the regional
+    ones; ComfyUI copies the transformer options for each, and the recorder must be the final copy's."""
+    from omg_core.bridge.attention_recorder import AttentionRecorder
+    from omg_core.ops.placement import PlacementSettings
+    from omg_core.pipelines.attention_maps import model_recorder
+
+    model, clip, _ = sd15
+    layout = spec(Region("a omgcat cat", box=LEFT), Region("a omgdog dog", box=(0.75, 0.0, 1.0, 1.0)))
+    cat, dog = attention_concept(model, "cat", "omgcat", 1), attention_concept(model, "dog", "omgdog", 2)
+    recorder = AttentionRecorder(rp().concept_tokens(model, clip, layout, "routed", [cat, dog]))
+    patched, positive = rp().regional_prompting(
+        model, clip, layout, "a red circle", "routed", [cat, dog], recorder, PlacementSettings()
+    )
+    sample(patched, positive, enc(clip, ""), steps=2)
+    maps = model_recorder(patched).maps(8, 8)  # what OMG Attention Maps reads: the model's own recorder
+    assert maps["omgcat"][:, 4:].abs().max() == 0 and maps["omgcat"][:, :4].min() > 0
+    assert maps["omgdog"][:, :6].abs().max() == 0 and maps["omgdog"][:, 6:].min() > 0
+
+
 def test_routed_boxes_passes_give_each_box_all_of_its_concepts_attention_projections(sd15):
     """Concepts that change self-attention and cross-attention q/out too: in the boxes' own passes (one
     batched call) each box is its concept loaded alone — every projection — on its window."""
