@@ -638,9 +638,9 @@ def apply_regional_attention(
         clone.set_model_attn2_replace(_LayerPatch(state, layer, _existing_replace(clone, "attn2", layer)), *layer.key)
     if placement is not None and placement.method == "latent_composition" and placement.strength > 0:
         _add_latent_composition(clone, spec, prompts, layers, routed is not None, bindings, placement)
-    layout = _self_attention_layout(placement)
-    if layout is not None and len(spec):
-        bias = LayoutBias(spec, layout.strength, apart=placement.method == "latent_composition")
+    layout = _self_attention_layout(spec, placement)
+    if layout is not None:
+        bias, layout = layout
         for layer in layers:
             previous = _existing_replace(clone, "attn1", layer)
             clone.set_model_attn1_replace(SelfAttentionLayout(bias, layout, previous), *layer.key)
@@ -668,15 +668,18 @@ def _add_routed_projections(clone, state: RegionalAttention, layers) -> None:
     clone.set_model_attn2_output_patch(_RoutedOutput(state, "attn2"))
 
 
-def _self_attention_layout(placement: PlacementSettings | None) -> PlacementSettings | None:
-    """How the full pass's self-attention is confined to the layout: the ``self_attention``
-    method itself, or latent composition's ``separation`` (boxes kept apart, over its own share of the run)."""
-    if placement is None:
+def _self_attention_layout(
+    spec: RegionSpec, placement: PlacementSettings | None
+) -> tuple[LayoutBias, PlacementSettings] | None:
+    """How the full pass's self-attention is confined to the layout, and over which steps: the
+    ``self_attention`` method itself, or latent composition's ``separation`` (boxes kept apart, over
+    its own share of the run); None when neither applies."""
+    if placement is None or not len(spec):
         return None
-    if placement.method == "self_attention":
-        return placement if placement.strength > 0 else None
+    if placement.method == "self_attention" and placement.strength > 0:
+        return LayoutBias(spec, placement.strength), placement
     if placement.method == "latent_composition" and placement.separation > 0:
-        return PlacementSettings("self_attention", strength=1.0, steps=placement.separation)
+        return LayoutBias(spec, 1.0, apart=True), PlacementSettings("self_attention", steps=placement.separation)
     return None
 
 

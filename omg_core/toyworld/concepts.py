@@ -208,15 +208,18 @@ def load_bench_concepts(
     for name, trigger in S.PERSONAL_OBJECTS.items():
         if name not in names:
             continue
+        loaded: dict[Path, Concept] = {}  # a variant's file stands for two kinds: loaded once
         for kind, concepts in out.items():
             path = concept_file(name, kind, directory)
             if basis_directory is not None and KINDS[kind].down == "basis":
                 path = concept_file(name, "orthogonal", basis_directory)
-            if not path.exists():
-                raise ValueError(
-                    f"toy-world concept file {path} is missing; train it with `python scripts/train_toyworld.py --concepts`"
-                )
-            concepts.append(load_concept(str(path), model, clip, name=name, triggers=trigger))
+            if path not in loaded:
+                if not path.exists():
+                    raise ValueError(
+                        f"toy-world concept file {path} is missing; train it with `python scripts/train_toyworld.py --concepts`"
+                    )
+                loaded[path] = load_concept(str(path), model, clip, name=name, triggers=trigger)
+            concepts.append(loaded[path])
     return out
 
 
