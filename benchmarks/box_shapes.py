@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     started = time.time()
     model, clip, vae = load_toyworld(bf16=True)
     detector = load_detector()
-    concepts = C.load_bench_concepts(model, clip, basis_directory=args.concepts_dir)
+    concepts = C.load_bench_concepts(model, clip, basis_directory=args.concepts_dir, names=tuple(names))
     bench = Bench(model, clip, vae, detector, concepts, BenchSettings())
     rows: dict[str, dict[str, list[str]]] = {}
     for box_name, box in BOXES.items():

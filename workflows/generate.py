@@ -254,12 +254,14 @@ class Graph:
 NEGATIVE = ""
 
 
-def lora(name: str, plain: bool = False) -> str:
-    """The toy-world concept file: orthogonal (basis slot) or plain (free LoRA)."""
-    return f"toyworld-{name}-plain.safetensors" if plain else f"toyworld-{name}.safetensors"
+def lora(name: str, kind: str = "orthogonal") -> str:
+    """The toy-world concept file of that kind (``omg_core.toyworld.concepts.KINDS``)."""
+    from omg_core.toyworld.concepts import concept_file
+
+    return concept_file(name, kind).name
 
 
-def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int, plain: bool = False) -> Node:
+def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int, kind: str = "orthogonal") -> Node:
     """One OMG Load Concept per name, each appending to the previous list."""
     prev = None
     for i, name in enumerate(names):
@@ -267,10 +269,10 @@ def concept_chain(g: Graph, ckpt: Node, names: list[str], x: int, y: int, plain:
             "OMGLoadConcept",
             (x, y + i * 180),
             (320, 150),
-            title=f"OMG Load Concept ({name}{', plain' if plain else ''})",
+            title=f"OMG Load Concept ({name}{'' if kind == 'orthogonal' else ', ' + kind})",
             model=ckpt["MODEL"],
             clip=ckpt["CLIP"],
-            lora_name=lora(name, plain),
+            lora_name=lora(name, kind),
             strength=1.0,
         )
         if prev is not None:
@@ -435,7 +437,9 @@ def fused_vs_routed(g: Graph) -> None:
     note = (
         "The same regions and seed, two ways.\n\nTop (fused): both concepts are fused into one model and every "
         "prompt sees both. Bottom (routed): the base model, and each region's prompt uses only the concept whose "
-        "trigger word it contains - no cross-talk by construction.\n\n" + HOW_TO_DRAW
+        "trigger word it contains - no cross-talk by construction. The routed half loads the concepts trained on "
+        "every attention projection (toyworld-NAME-attention): routed regions give each box all of its concept, "
+        "where fused their self-attention changes would act on the whole image.\n\n" + HOW_TO_DRAW
     )
     names = list(DEMO_PAIR)
     prompt = GLOBAL_PROMPT
@@ -453,7 +457,7 @@ def fused_vs_routed(g: Graph) -> None:
         " (fused)",
     )
     regions = next(n for n in g.nodes if n.type == "OMGRegions")
-    concepts = [n for n in g.nodes if n.type == "OMGLoadConcept"][-1]
+    concepts = concept_chain(g, ckpt, names, 0, 720 + 180, kind="attention")
     routed = g.node(
         "OMGApplyRegionalAttention",
         (1180, 720),
@@ -482,7 +486,7 @@ def fused_vs_routed(g: Graph) -> None:
 def orthogonality_report(g: Graph) -> None:
     names = ["target", "house", "kite"]
     ckpt = g.node("CheckpointLoaderSimple", (0, 0), (320, 98), ckpt_name=CHECKPOINT)
-    concepts = concept_chain(g, ckpt, names, 0, 140, plain=True)
+    concepts = concept_chain(g, ckpt, names, 0, 140, kind="plain")
     g.note(
         "How much the concepts interfere: the overlap of their input subspaces and the cross-talk of each "
         "concept on the others' prompts (heatmap and table).\n\nThese are the plain versions of three toy-world "
