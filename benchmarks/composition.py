@@ -171,7 +171,6 @@ class BenchSettings:
     placement_steps: float = PlacementSettings().steps
     placement_window: float = PlacementSettings().window
     placement_separation: float = PlacementSettings().separation
-    placement_own_negative: bool = PlacementSettings().own_negative
 
 
 QUICK = BenchSettings(
@@ -372,7 +371,6 @@ class Bench:
                 self.settings.placement_steps,
                 self.settings.placement_window,
                 self.settings.placement_separation,
-                self.settings.placement_own_negative,
             )
             model = apply_regional_attention(
                 model, spec, prompts, mode=method.conditioning, bindings=bindings, placement=placement
@@ -662,13 +660,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="latent composition: share of steps the full pass's self-attention keeps boxes apart (0..1)",
     )
-    ap.add_argument(
-        "--placement-own-negative",
-        type=int,
-        choices=(0, 1),
-        default=None,
-        help="latent composition: 1 the boxes' own passes denoise the negative prompt's rows too, 0 the positive's only",
-    )
     ap.add_argument("--placement-steps", type=float, default=None, help="share of steps placement acts on (0..1)")
     ap.add_argument("--placement-strength", type=float, default=None, help="placement strength (0..1)")
     ap.add_argument(
@@ -711,8 +702,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, placement_window=args.placement_window)
     if args.placement_separation is not None:
         settings = replace(settings, placement_separation=args.placement_separation)
-    if args.placement_own_negative is not None:
-        settings = replace(settings, placement_own_negative=bool(args.placement_own_negative))
     if args.global_prompt is not None:
         settings = replace(settings, regional_global=args.global_prompt)
     from omg_core.toyworld.layouts import random_layouts, read_layouts

@@ -164,9 +164,9 @@ class OMGTrainConcept(io.ComfyNode):
                     optional=True,
                     tooltip="Scale and position augmentation: each augmented copy of an image is a random square "
                     "cut, up to this share of the side smaller, enlarged back to full size, so the concept is seen "
-                    "larger and at other places than in the photos. 0.4 trains a concept that will be drawn in boxes at "
-                    "the sizes a box asks for (it fills its box more than a photo's subject fills the photo); 0: no "
-                    "cropping.",
+                    "larger and at other places than in the photos. A cut can leave out part of the subject, and the "
+                    "concept then learns it without that part: keep it small (the default) unless the subject sits "
+                    "well inside every photo; 0: no cropping.",
                 ),
                 io.Int.Input(
                     "embedding_vectors",

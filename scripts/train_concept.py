@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=TrainConfig.crop,
         help="scale/position augmentation: largest share of a side a random cut drops before it is enlarged "
-        f"back (default {TrainConfig.crop}; 0.4 trains a concept at the sizes a box asks for)",
+        f"back (default {TrainConfig.crop}; a cut that leaves out part of the subject teaches it without that part)",
     )
     p.add_argument("--learn-embedding", action="store_true", help="also learn a trigger-word embedding")
     p.add_argument(

@@ -59,26 +59,6 @@ class LatentComposition:
         options = c.get("transformer_options", {})
         if not active_steps(options.get("sample_sigmas"), options.get("sigmas"), self.settings.steps):
             return full
-        rows = (
-            None if self.settings.own_negative else positive_rows(options.get("cond_or_uncond"), x.shape[0], x.device)
-        )
-        if rows is not None:  # the boxes' own passes on the positive prompt's rows only
-            if not len(rows):
-                return full
-            sub = {
-                **args,
-                "input": x[rows],
-                "timestep": _rows_of(t, rows, x.shape[0]),
-                "c": _c_rows(c, rows, x.shape[0]),
-            }
-            out = full.clone()
-            out[rows] = self._placed(apply_model, sub, full[rows])
-            return out
-        return self._placed(apply_model, args, full)
-
-    def _placed(self, apply_model, args: dict, full: torch.Tensor) -> torch.Tensor:
-        """``full`` with each box's own pass blended into its cells."""
-        x, t, c = args["input"], args["timestep"], args["c"]
         h, w = x.shape[-2:]
         boxes = []  # (cells, window, state) in region order
         for index, state in self.region_states.items():
@@ -124,42 +104,6 @@ class LatentComposition:
         if isinstance(c.get("c_concat"), torch.Tensor) and c["c_concat"].shape[-2:] == (h, w):
             crop_c["c_concat"] = windows(c["c_concat"])
         return self._apply(apply_model, windows(x), stacked(t), crop_c).chunk(n)
-
-
-def positive_rows(kinds, rows: int, device=None) -> torch.Tensor | None:
-    """The rows of a batch that belong to the positive prompt, by ComfyUI's ``cond_or_uncond``
-    (one entry per equal chunk of rows); None where the batch does not say."""
-    from omg_core.bridge.attention_patch import COND
-
-    if not isinstance(kinds, list) or not kinds or rows % len(kinds):
-        return None
-    per = rows // len(kinds)
-    picked = [chunk * per + i for chunk, kind in enumerate(kinds) if kind == COND for i in range(per)]
-    return torch.tensor(picked, dtype=torch.long, device=device)
-
-
-def _rows_of(value, rows: torch.Tensor, total: int):
-    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == total:
-        return value[rows.to(value.device)]
-    return value
-
-
-def _c_rows(c: dict, rows: torch.Tensor, total: int) -> dict:
-    """The model inputs of the chosen rows: per-sample tensors indexed, the transformer options' per-chunk
-    lists (``cond_or_uncond``, ``uuids``) and per-sample ``sigmas`` cut to them."""
-    from omg_core.bridge.attention_patch import COND
-
-    options = dict(c.get("transformer_options", {}))
-    kinds = options.get("cond_or_uncond")
-    keep = [i for i, kind in enumerate(kinds) if kind == COND]
-    options["cond_or_uncond"] = [COND] * len(keep)
-    if isinstance(options.get("uuids"), list) and len(options["uuids"]) == len(kinds):
-        options["uuids"] = [options["uuids"][i] for i in keep]
-    if "sigmas" in options:
-        options["sigmas"] = _rows_of(options["sigmas"], rows, total)
-    out = {k: _rows_of(v, rows, total) for k, v in c.items() if k not in ("transformer_options", "control")}
-    out["transformer_options"] = options
-    return out
 
 
 class LayoutBias:

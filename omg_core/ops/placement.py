@@ -63,10 +63,7 @@ class PlacementSettings:
     box from the others (``apart_bias``: a box's queries see their own box and
     the background, never another box) — once the boxes' own passes stop, the
     full pass alone draws every object, and attention between boxes is what
-    would let one box's object take another's parts;
-    ``own_negative`` (latent composition): whether the boxes' own passes denoise the negative
-    prompt's rows too, or only the positive's (the negative prediction then stays the full pass's
-    everywhere, and the boxes' passes cost half)."""
+    would let one box's object take another's parts."""
 
     method: str = DEFAULT_PLACEMENT
     strength: float = 1.0
@@ -78,7 +75,6 @@ class PlacementSettings:
     # Chosen by the composition benchmark (README, "The toy world"): boxes kept apart over the whole run
     # held more boxes at three and four concepts on the tuning, fixed and random layouts alike.
     separation: float = 1.0
-    own_negative: bool = True
 
     def __post_init__(self):
         if self.method not in PLACEMENTS:
