@@ -99,7 +99,11 @@ def train_variant(model, clip, vae, variant: Variant, directory: Path, log, name
             result = train_concept(
                 model, clip, vae, C.training_images(name, settings.images, settings.seed, settings.size), config
             )
-            stats = {"seconds": round(result.seconds, 1), "probe_loss_end": result.probe_loss_end}
+            stats = {
+                "seconds": round(result.seconds, 1),
+                "probe_loss_start": result.probe_loss_start,
+                "probe_loss_end": result.probe_loss_end,
+            }
             save_native(path, result.concept, {"toyworld": "1", "down": "basis", "toyworld_train": stats})
             log(f"  {variant.name}/{name}: {stats['seconds']:.0f} s, probe loss {result.probe_loss_end:.4f}")
         seconds[name] = stats["seconds"]
