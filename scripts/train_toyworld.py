@@ -330,7 +330,12 @@ def train_concepts(args) -> int:
     print(f"concepts: {timing}; external formats: {', '.join(str(p.name) for p in formats.values())}")
     if not args.quick:
         manifest = json.loads(CK.MANIFEST.read_text())
-        manifest["concepts"] = {"settings": dataclasses.asdict(settings), "timing": timing, "runs": report}
+        manifest["concepts"] = {
+            "settings": dataclasses.asdict(settings),
+            "kinds": {kind: dataclasses.asdict(k) for kind, k in C.KINDS.items()},
+            "timing": timing,
+            "runs": report,
+        }
         CK.MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
     return 0
 

@@ -87,16 +87,23 @@ class ConceptTrainSettings:
 
 @dataclass(frozen=True)
 class ConceptKind:
-    """How one kind of toy concept is trained (``TrainConfig.down``/``target``) and named on disk."""
+    """How one kind of toy concept is trained (``TrainConfig.down``/``target``) and named on disk.
+
+    ``steps_factor`` multiplies the recipe's steps: an every-projection concept learns shapes, not
+    only what the text tells the image. At 800 steps instead of 400 the four are read by prompt
+    64/64 times (58/64), the berry alone in six box shapes 36/48 (31/48), and routed every concept
+    lands in its box in 0.92 of 2-concept images on the fixed layouts (0.50;
+    ``assets/toyworld/bench/trainer/attention/long/``, ``assets/toyworld/bench/attention-800/``)."""
 
     suffix: str
     down: str
     target: str
+    steps_factor: int = 1
 
 
 KINDS = {
     "orthogonal": ConceptKind("", "basis", "kv"),
-    "attention": ConceptKind("-attention", "basis", "attention"),
+    "attention": ConceptKind("-attention", "basis", "attention", steps_factor=2),
     "plain": ConceptKind("-plain", "free", "kv"),
 }
 
@@ -118,7 +125,7 @@ def train_config(name: str, slot: int, kind: str, settings: ConceptTrainSettings
         target=KINDS[kind].target,
         trigger=S.PERSONAL_OBJECTS[name],
         class_word=CLASS_WORDS[name],
-        steps=settings.steps,
+        steps=settings.steps * KINDS[kind].steps_factor,
         learning_rate=settings.learning_rate,
         rank=settings.rank,
         basis_seed=BASIS_SEED,

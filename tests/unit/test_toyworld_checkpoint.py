@@ -93,7 +93,5 @@ def test_the_toy_recipe_reaches_the_trainer_config_whole():
     assert (config.steps, config.learning_rate, config.rank, config.batch_size, config.crop) == (7, 0.02, 2, 3, 0.25)
     assert (config.slot, config.down, config.learn_embedding) == (2, "basis", settings.learn_embedding)
     config.validate()
-    assert (train_config("kite", 2, "attention", settings).target, train_config("kite", 2, "plain", settings).down) == (
-        "attention",
-        "free",
-    )
+    attention, plain = train_config("kite", 2, "attention", settings), train_config("kite", 2, "plain", settings)
+    assert (attention.target, attention.steps, plain.down, plain.steps) == ("attention", 14, "free", 7)
