@@ -315,8 +315,27 @@ def train_concepts(args) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if set(names) - set(S.PERSONAL_OBJECTS) or set(kinds) - set(C.KINDS):
         raise SystemExit(f"--names from {', '.join(S.PERSONAL_OBJECTS)}; --kinds from {', '.join(C.KINDS)}")
+    from benchmarks.box_shapes import choose_steps
+    from omg_core.toyworld.detector import load_detector
+
+    detector = load_detector()
+
+    def choose(name, kind, files):
+        steps, reading = choose_steps(model, clip, vae, detector, name, files, seeds=2 if args.quick else 8)
+        print(f"{name} ({kind}): alone in the box shapes {reading['hits']} of {reading['of']}; keeps {steps} steps")
+        return steps, reading
+
     report = C.train_personal_concepts(
-        model, clip, vae, directory, settings, names, log=lambda m: print(m, flush=True), kinds=kinds
+        model,
+        clip,
+        vae,
+        directory,
+        settings,
+        names,
+        log=lambda m: print(m, flush=True),
+        kinds=kinds,
+        choose=choose,
+        candidate_dir=(REPO / ".cache" / ("toyworld-quick" if args.quick else "toyworld") / "concept-candidates"),
     )
     if set(names) != set(S.PERSONAL_OBJECTS) or set(kinds) != set(C.KINDS):
         print(

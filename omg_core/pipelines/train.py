@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 
 import torch
@@ -262,6 +262,8 @@ def train_concept(
     progress: Callable[[int, int], None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
+    snapshots: Collection[int] = (),
+    on_snapshot: Callable[[int, Concept], None] | None = None,
 ) -> TrainResult:
     """Train a concept on a ComfyUI MODEL (+ CLIP for the prompts, VAE for the images).
 
@@ -271,15 +273,32 @@ def train_concept(
     may raise to interrupt: the state is then written to ``checkpoint_path``
     (also every ``checkpoint_every`` steps), and calling again with the same
     arguments resumes from it. The file is removed when training completes.
+
+    ``on_snapshot(step, concept)`` receives the concept as it stands after each step in
+    ``snapshots``: one run to the longest count yields every shorter one, so the count can be
+    chosen afterwards by how the concept reads (``omg_core.toyworld.concepts`` does so). A
+    resumed run hands over only the snapshots after the step it resumes from.
     """
     config.validate()
+    check_snapshots(snapshots, config.steps)
     images = check_images(images)
     if prior_images is not None:
         prior_images = check_images(prior_images, "prior-preservation IMAGE batch")
     family = training_family(model).name
     with torch.inference_mode(False), torch.enable_grad():
         return _train(
-            model, clip, vae, images, config, prior_images, progress, checkpoint_path, checkpoint_every, family
+            model,
+            clip,
+            vae,
+            images,
+            config,
+            prior_images,
+            progress,
+            checkpoint_path,
+            checkpoint_every,
+            family,
+            frozenset(snapshots) if on_snapshot is not None else frozenset(),
+            on_snapshot,
         )
 
 
@@ -295,7 +314,26 @@ def trainable_clone(model):
     return model.clone()
 
 
-def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_path, checkpoint_every, family):
+def check_snapshots(snapshots: Collection[int], steps: int) -> None:
+    bad = sorted(k for k in snapshots if not 1 <= k < steps)
+    if bad:
+        raise ValueError(f"snapshot steps {bad} are outside 1..{steps - 1}: a snapshot is taken before the last step")
+
+
+def _train(
+    model,
+    clip,
+    vae,
+    images,
+    config,
+    prior_images,
+    progress,
+    checkpoint_path,
+    checkpoint_every,
+    family,
+    snapshots,
+    on_snapshot,
+):
     import comfy.model_management as mm
 
     started = time.perf_counter()
@@ -392,6 +430,8 @@ def _train(model, clip, vae, images, config, prior_images, progress, checkpoint_
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 done = step + 1
+                if done in snapshots:
+                    on_snapshot(done, _to_concept(adapters, text.vectors, config, family, losses))
                 if checkpoint_path is not None and checkpoint_every > 0 and done % checkpoint_every == 0:
                     _save_state(checkpoint_path, fp, done, adapters, text.vectors, optimizer, losses)
                 if progress is not None:

@@ -89,21 +89,35 @@ class ConceptTrainSettings:
 class ConceptKind:
     """How one kind of toy concept is trained (``TrainConfig.down``/``target``) and named on disk.
 
-    ``steps_factor`` multiplies the recipe's steps: an every-projection concept learns shapes, not
-    only what the text tells the image. At 800 steps instead of 400 the four are read by prompt
-    64/64 times (58/64), the berry alone in six box shapes 36/48 (31/48), and routed every concept
-    lands in its box in 0.92 of 2-concept images on the fixed layouts (0.50;
-    ``assets/toyworld/bench/trainer/attention/long/``, ``assets/toyworld/bench/attention-800/``)."""
+    ``steps_factor`` multiplies the recipe's steps; ``candidates`` are the shares of those steps at
+    which the run also hands over the concept (``train_concept``'s snapshots), so that the count a
+    concept keeps is chosen by how it reads rather than fixed for all (``train_personal_concepts``).
+    An every-projection concept learns shapes, not only what the text tells the image, and the steps
+    that suit one shape do not suit another: at 800 steps instead of 400 the four are read by prompt
+    64/64 times (58/64) and the berry alone in six box shapes 36/48 (31/48), but the house and the
+    kite leave small boxes empty (44/48, 45/48; at 600: 48/48, 47/48, the berry 27/48)
+    (``assets/toyworld/bench/trainer/attention/long/``, ``assets/toyworld/bench/attention-800/``)."""
 
     suffix: str
     down: str
     target: str
     steps_factor: int = 1
+    candidates: tuple[float, ...] = ()
+
+    def steps(self, settings: ConceptTrainSettings) -> int:
+        return settings.steps * self.steps_factor
+
+    def candidate_steps(self, settings: ConceptTrainSettings) -> tuple[int, ...]:
+        """The step counts to choose among, the full run last (empty: the full run is kept)."""
+        full = self.steps(settings)
+        if not self.candidates:
+            return ()
+        return tuple(sorted({max(1, round(full * share)) for share in self.candidates if share < 1} | {full}))
 
 
 KINDS = {
     "orthogonal": ConceptKind("", "basis", "kv"),
-    "attention": ConceptKind("-attention", "basis", "attention", steps_factor=2),
+    "attention": ConceptKind("-attention", "basis", "attention", steps_factor=2, candidates=(0.75,)),
     "plain": ConceptKind("-plain", "free", "kv"),
 }
 
@@ -125,7 +139,7 @@ def train_config(name: str, slot: int, kind: str, settings: ConceptTrainSettings
         target=KINDS[kind].target,
         trigger=S.PERSONAL_OBJECTS[name],
         class_word=CLASS_WORDS[name],
-        steps=settings.steps * KINDS[kind].steps_factor,
+        steps=KINDS[kind].steps(settings),
         learning_rate=settings.learning_rate,
         rank=settings.rank,
         basis_seed=BASIS_SEED,
@@ -141,6 +155,9 @@ def train_config(name: str, slot: int, kind: str, settings: ConceptTrainSettings
     )
 
 
+Chooser = Callable[[str, str, dict[int, Path]], tuple[int, dict]]
+
+
 def train_personal_concepts(
     model,
     clip,
@@ -150,15 +167,23 @@ def train_personal_concepts(
     names: tuple[str, ...] = tuple(S.PERSONAL_OBJECTS),
     log: Callable[[str], None] | None = None,
     kinds: tuple[str, ...] = tuple(KINDS),
+    choose: Chooser | None = None,
+    candidate_dir: Path | None = None,
 ) -> dict[str, dict]:
     """Train every personal concept in each of ``kinds`` (the basis ones in slot i); write native files.
 
     ``names``/``kinds`` select a part, so that parts can train in separate processes; a
-    concept keeps slot i of ``S.PERSONAL_OBJECTS`` whatever the selection."""
+    concept keeps slot i of ``S.PERSONAL_OBJECTS`` whatever the selection. A kind with
+    ``candidates`` trains once to its full steps, writes the concept at each candidate count to
+    ``candidate_dir`` (default ``directory/candidates``), and ships the one ``choose(name, kind,
+    {steps: file})`` returns with its readings (the script reads each alone in box shapes the
+    benchmarks do not score: ``benchmarks.box_shapes.choose_steps``); without ``choose``, the
+    full run."""
     from omg_core.formats.native import save_native
     from omg_core.pipelines.train import train_concept
 
     directory = Path(directory)
+    candidate_dir = Path(candidate_dir) if candidate_dir is not None else directory / "candidates"
     directory.mkdir(parents=True, exist_ok=True)
     report = {}
     for slot, name in enumerate(S.PERSONAL_OBJECTS):
@@ -168,24 +193,64 @@ def train_personal_concepts(
         for kind in kinds:
             path = concept_file(name, kind, directory)
             stats = trained_stats(path)
+            counts = KINDS[kind].candidate_steps(settings)
             if stats is None:  # not trained yet (an interrupted run resumes here)
                 config = train_config(name, slot, kind, settings)
-                if images is None:
-                    images = training_images(name, settings.images, settings.seed, settings.size)
-                result = train_concept(model, clip, vae, images, config)
-                stats = {
-                    "seconds": round(result.seconds, 1),
-                    "probe_loss_start": result.probe_loss_start,
-                    "probe_loss_end": result.probe_loss_end,
-                }
-                save_native(path, result.concept, {"toyworld": "1", "down": config.down, "toyworld_train": stats})
+                files = {k: candidate_file(name, kind, k, candidate_dir) for k in counts}
+                stats = trained_stats(files[config.steps]) if counts else None
+                if stats is None:
+                    if images is None:
+                        images = training_images(name, settings.images, settings.seed, settings.size)
+                    if counts:
+                        candidate_dir.mkdir(parents=True, exist_ok=True)
+
+                    def keep(step, concept, files=files, down=config.down):
+                        save_native(files[step], concept, {"toyworld": "1", "down": down})
+
+                    result = train_concept(
+                        model, clip, vae, images, config, snapshots=counts[:-1], on_snapshot=keep if counts else None
+                    )
+                    stats = {
+                        "seconds": round(result.seconds, 1),
+                        "probe_loss_start": result.probe_loss_start,
+                        "probe_loss_end": result.probe_loss_end,
+                    }
+                    meta = {"toyworld": "1", "down": config.down, "toyworld_train": stats}
+                    save_native(files[config.steps] if counts else path, result.concept, meta)
+                if counts:
+                    stats = ship_candidate(name, kind, files, stats, path, choose)
             report[f"{name}/{kind}"] = stats
             if log is not None:
-                log(
-                    f"{name} ({kind}): probe loss {stats.get('probe_loss_start', float('nan')):.4f} -> "
-                    f"{stats['probe_loss_end']:.4f} in {stats['seconds']:.0f} s"
-                )
+                chosen = f", {stats['steps']} of {stats['trained_steps']} steps kept" if "steps" in stats else ""
+                log(f"{name} ({kind}): trained in {stats['seconds']:.0f} s{chosen}")
     return report
+
+
+def candidate_file(name: str, kind: str, steps: int, directory: Path) -> Path:
+    return Path(directory) / f"{concept_file(name, kind).stem}.{steps}-steps.safetensors"
+
+
+def ship_candidate(name: str, kind: str, files: dict[int, Path], stats: dict, path: Path, choose) -> dict:
+    """Write the chosen candidate as the concept's file, its training record saying which and why."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    missing = [str(f) for f in files.values() if not f.exists()]
+    if missing:
+        raise ValueError(
+            f"candidate files {missing} are missing (a run resumed past them); delete "
+            f"{files[max(files)]} to train {name} ({kind}) again"
+        )
+    full = max(files)
+    steps, reading = choose(name, kind, dict(files)) if choose is not None else (full, {})
+    if steps not in files:
+        raise ValueError(f"choose returned {steps} steps for {name} ({kind}); the candidates are {sorted(files)}")
+    record = {"seconds": stats["seconds"], "steps": steps, "trained_steps": full, "reading": reading}
+    with safe_open(str(files[steps]), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = dict(f.metadata() or {})
+    save_file(tensors, str(path), metadata={**header, "toyworld_train": json.dumps(record)})
+    return record
 
 
 def trained_stats(path: Path) -> dict | None:

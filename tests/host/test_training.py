@@ -160,6 +160,23 @@ def test_resumed_run_matches_the_uninterrupted_one(sd15, trained, tmp_path):
         assert torch.allclose(resumed.concept.unet[key].up, u.up, rtol=1e-5, atol=1e-7), key
 
 
+def test_snapshots_are_the_shorter_runs_and_leave_the_run_unchanged(sd15, trained):
+    """One run to the longest count hands over each shorter one, which is what the step choice
+    compares: a snapshot after step 3 is a 3-step run, and taking it changes nothing after."""
+    model, clip, vae = sd15
+    taken = {}
+    whole = train_concept(model, clip, vae, _images("disc"), _config("a"), snapshots=(3,), on_snapshot=taken.setdefault)
+    short = train_concept(model, clip, vae, _images("disc"), _config("a", steps=3))
+    assert set(taken) == {3} and taken[3].metadata["omg_train_steps"] == "3"
+    assert whole.losses == pytest.approx(trained["basis", "a"].losses, rel=1e-5, abs=1e-6)
+    for key, u in short.concept.unet.items():
+        assert torch.allclose(taken[3].unet[key].up, u.up, rtol=1e-5, atol=1e-7), key
+        other = trained["basis", "a"].concept.unet[key].up
+        assert torch.allclose(whole.concept.unet[key].up, other, rtol=1e-5, atol=1e-7), key
+    with pytest.raises(ValueError, match=r"snapshot steps \[6\] are outside 1..5"):
+        train_concept(model, clip, vae, _images("disc"), _config("a"), snapshots=(6,), on_snapshot=taken.setdefault)
+
+
 def test_a_state_from_other_settings_is_not_resumed(sd15, tmp_path):
     model, clip, vae = sd15
 

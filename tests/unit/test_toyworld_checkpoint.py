@@ -95,3 +95,55 @@ def test_the_toy_recipe_reaches_the_trainer_config_whole():
     config.validate()
     attention, plain = train_config("kite", 2, "attention", settings), train_config("kite", 2, "plain", settings)
     assert (attention.target, attention.steps, plain.down, plain.steps) == ("attention", 14, "free", 7)
+
+
+def test_the_every_projection_kind_chooses_among_shorter_counts_of_one_run():
+    from omg_core.toyworld.concepts import KINDS, ConceptTrainSettings
+
+    settings = ConceptTrainSettings()
+    assert KINDS["attention"].candidate_steps(settings) == (600, 800)
+    assert KINDS["orthogonal"].candidate_steps(settings) == () == KINDS["plain"].candidate_steps(settings)
+
+
+def _candidates(tmp_path, counts):
+    from omg_core.formats.native import save_native
+    from omg_core.model.concept import Concept, LowRankUpdate
+    from omg_core.toyworld.concepts import candidate_file
+
+    files = {}
+    for k in counts:
+        up = torch.full((4, 2), float(k))
+        concept = Concept(
+            name="kite",
+            triggers=("kite",),
+            family="sd15",
+            source_format="trained",
+            unet={"diffusion_model.x.attn2.to_k.weight": LowRankUpdate(up, torch.ones(2, 3), 1.0)},
+        )
+        files[k] = candidate_file("kite", "attention", k, tmp_path)
+        save_native(files[k], concept, {"toyworld": "1"})
+    return files
+
+
+def test_the_chosen_candidate_ships_with_the_reading_behind_it(tmp_path):
+    from safetensors.torch import load_file
+
+    from omg_core.toyworld.concepts import ship_candidate, trained_stats
+
+    files = _candidates(tmp_path, (2, 3, 4))
+    out = tmp_path / "toyworld-kite-attention.safetensors"
+    reading = {"hits": {2: 40, 3: 47, 4: 45}}
+    record = ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, lambda n, k, f: (3, reading))
+    stored = trained_stats(out)
+    assert (record["steps"], stored["steps"], stored["trained_steps"], stored["seconds"]) == (3, 3, 4, 9.0)
+    assert stored["reading"] == {"hits": {"2": 40, "3": 47, "4": 45}}  # as JSON keeps it
+    shipped, chosen = load_file(str(out)), load_file(str(files[3]))
+    assert shipped.keys() == chosen.keys() and all(torch.equal(shipped[k], chosen[k]) for k in chosen)
+    assert (
+        ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, None)["steps"] == 4
+    )  # no reading: the full run
+    with pytest.raises(ValueError, match=r"candidates are \[2, 3, 4\]"):
+        ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, lambda n, k, f: (5, {}))
+    files[2].unlink()
+    with pytest.raises(ValueError, match="missing"):
+        ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, lambda n, k, f: (3, {}))
