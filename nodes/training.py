@@ -15,6 +15,7 @@ from omg_core.pipelines.train import (
     check_embedding_vectors,
     check_form,
     check_output_path,
+    save_concept,
     train_to_file,
 )
 
@@ -49,13 +50,30 @@ def _lora_path(filename: str) -> tuple[str, str]:
     return os.path.join(root, *parts), name
 
 
-def _state_path(name: str) -> str:
+def _snapshot_paths(name: str, steps: int, save_every: int) -> dict[int, tuple[str, str]]:
+    """Step -> (absolute path, name in loras) of the files ``save_every`` adds beside ``name``."""
+    if not save_every:
+        return {}
+    stem = name.removesuffix(".safetensors")
+    return {k: _lora_path(f"{stem}-{k}steps") for k in range(save_every, steps, save_every)}
+
+
+def _check_snapshot_paths(name: str, steps: int, save_every: int, overwrite: bool) -> None:
+    """Every snapshot name is checked as the output is; an interrupted run of this output may
+    replace the snapshots it wrote itself, since queueing again continues it."""
+    resuming = os.path.exists(_state_path(name, create_folder=False))
+    for path, _ in _snapshot_paths(name, steps, save_every).values():
+        check_output_path(path, overwrite or resuming)
+
+
+def _state_path(name: str, create_folder: bool = True) -> str:
     """Where an interrupted run of this output keeps its state (not in loras/,
     whose file list would show it)."""
     import folder_paths
 
     folder = os.path.join(folder_paths.get_output_directory(), "omg-training-state")
-    os.makedirs(folder, exist_ok=True)
+    if create_folder:
+        os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, name.replace("/", "__") + ".state")
 
 
@@ -186,6 +204,17 @@ class OMGTrainConcept(io.ComfyNode):
                     "inversion's vectors per token). More than one gives an object of several parts or colours room "
                     "in the text; each takes one of the prompt's 75 token places.",
                 ),
+                io.Int.Input(
+                    "save_every",
+                    default=0,
+                    min=0,
+                    max=100000,
+                    optional=True,
+                    tooltip="Also save the concept every this many steps, beside the file as NAME-<step>steps, to "
+                    "compare step counts from one run. Longer training learns small parts better and narrows the "
+                    "sizes a concept is drawn at (if it leaves small boxes empty, an earlier file may serve "
+                    "better). 0: only the final file. The names are checked like the file name.",
+                ),
             ],
             outputs=[
                 io.String.Output(display_name="filename", tooltip="The saved file, relative to the loras folder."),
@@ -204,8 +233,12 @@ class OMGTrainConcept(io.ComfyNode):
         crop=None,
         embedding_vectors=None,
         learn_embedding=None,
+        steps=None,
+        save_every=None,
     ) -> bool | str:
-        numbers = numbers_in_range(cls, learning_rate=learning_rate, crop=crop, embedding_vectors=embedding_vectors)
+        numbers = numbers_in_range(
+            cls, learning_rate=learning_rate, crop=crop, embedding_vectors=embedding_vectors, save_every=save_every
+        )
         if numbers is not True:
             return numbers
         if embedding_vectors is not None and learn_embedding is not None:
@@ -220,7 +253,10 @@ class OMGTrainConcept(io.ComfyNode):
                 return shape
         if filename is None:
             return True
-        return checked(lambda: check_output_path(_lora_path(filename)[0], bool(overwrite)))
+        output = checked(lambda: check_output_path(_lora_path(filename)[0], bool(overwrite)))
+        if output is not True or not save_every or steps is None:
+            return output
+        return checked(lambda: _check_snapshot_paths(_lora_path(filename)[1], steps, save_every, bool(overwrite)))
 
     @classmethod
     def execute(
@@ -245,11 +281,14 @@ class OMGTrainConcept(io.ComfyNode):
         form: str = "lora",
         crop: float = TrainConfig.crop,
         embedding_vectors: int = TrainConfig.embedding_vectors,
+        save_every: int = 0,
     ) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
         path, name = _lora_path(filename)
+        _check_snapshot_paths(name, steps, save_every, overwrite)
+        snapshots = _snapshot_paths(name, steps, save_every)
         config = TrainConfig(
             trigger=trigger,
             class_word=class_word,
@@ -284,6 +323,8 @@ class OMGTrainConcept(io.ComfyNode):
             progress=progress,
             checkpoint_path=_state_path(name),
             checkpoint_every=100,
+            snapshots=tuple(snapshots),
+            on_snapshot=lambda step, concept: save_concept(concept, snapshots[step][0]),
         )
         curve = result.loss_curve()
         return io.NodeOutput(name, curve, ui=ui.PreviewImage(curve, cls=cls))

@@ -519,12 +519,12 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
-def save_concept(result: TrainResult, path: str | os.PathLike) -> None:
-    """The trained concept as a native file (loads with LoraLoader and OMG Load Concept)."""
+def save_concept(result: TrainResult | Concept, path: str | os.PathLike) -> None:
+    """The trained concept (or a snapshot of it) as a native file (loads with LoraLoader and OMG Load Concept)."""
     from omg_core.formats.native import save_native
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_native(path, result.concept)
+    save_native(path, result.concept if isinstance(result, TrainResult) else result)
 
 
 def train_to_file(

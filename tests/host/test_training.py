@@ -418,6 +418,27 @@ def test_train_node_saves_into_loras_through_comfyuis_executor(host):
         assert torch.equal(u.down, basis_rows(7, 5, 4, u.in_features))
 
 
+def test_train_node_saves_every_n_steps_beside_the_file_and_checks_those_names_too(host):
+    import os
+
+    import folder_paths
+
+    import comfy_host
+    from omg_core.formats.native import read_native_concept
+
+    folder = os.path.join(folder_paths.get_folder_paths("loras")[0], "omg-test")
+    host.run(_node_prompt(filename="omg-test/snaps", steps=3, save_every=1, learn_embedding=False))
+    for step in (1, 2):
+        concept = read_native_concept(os.path.join(folder, f"snaps-{step}steps.safetensors"))
+        assert concept.metadata["omg_train_steps"] == str(step) and concept.metadata["omg_source_format"] == "trained"
+    assert not os.path.exists(os.path.join(folder, "snaps-3steps.safetensors"))  # the last step is the file itself
+    with open(os.path.join(folder, "mine-1steps.safetensors"), "wb") as f:
+        f.write(b"a file someone made")
+    with pytest.raises(comfy_host.PromptFailed, match="prompt invalid.*mine-1steps.safetensors already exists"):
+        host.run(_node_prompt(filename="omg-test/mine", steps=2, save_every=1, learn_embedding=False))
+    assert not os.path.exists(os.path.join(folder, "mine.safetensors"))
+
+
 @pytest.mark.parametrize(
     "inputs, message",
     [
