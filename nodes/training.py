@@ -58,11 +58,11 @@ def _snapshot_paths(name: str, steps: int, save_every: int) -> dict[int, tuple[s
     return {k: _lora_path(f"{stem}-{k}steps") for k in range(save_every, steps, save_every)}
 
 
-def _check_snapshot_paths(name: str, steps: int, save_every: int, overwrite: bool) -> None:
-    """Every snapshot name is checked as the output is; an interrupted run of this output may
-    replace the snapshots it wrote itself, since queueing again continues it."""
+def _check_snapshot_paths(name: str, snapshots: dict[int, tuple[str, str]], overwrite: bool) -> None:
+    """Every snapshot name (``_snapshot_paths``) is checked as the output is; an interrupted run of
+    this output may replace the snapshots it wrote itself, since queueing again continues it."""
     resuming = os.path.exists(_state_path(name, create_folder=False))
-    for path, _ in _snapshot_paths(name, steps, save_every).values():
+    for path, _ in snapshots.values():
         check_output_path(path, overwrite or resuming)
 
 
@@ -257,7 +257,8 @@ class OMGTrainConcept(io.ComfyNode):
         output = checked(lambda: check_output_path(_lora_path(filename)[0], bool(overwrite)))
         if output is not True or not save_every or steps is None:
             return output
-        return checked(lambda: _check_snapshot_paths(_lora_path(filename)[1], steps, save_every, bool(overwrite)))
+        name = _lora_path(filename)[1]
+        return checked(lambda: _check_snapshot_paths(name, _snapshot_paths(name, steps, save_every), bool(overwrite)))
 
     @classmethod
     def execute(
@@ -288,8 +289,8 @@ class OMGTrainConcept(io.ComfyNode):
         import comfy.utils
 
         path, name = _lora_path(filename)
-        _check_snapshot_paths(name, steps, save_every, overwrite)
         snapshots = _snapshot_paths(name, steps, save_every)
+        _check_snapshot_paths(name, snapshots, overwrite)
         config = TrainConfig(
             trigger=trigger,
             class_word=class_word,
