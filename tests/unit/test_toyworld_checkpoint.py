@@ -139,9 +139,8 @@ def test_the_chosen_candidate_ships_with_the_reading_behind_it(tmp_path):
     assert stored["reading"] == {"hits": {"2": 40, "3": 47, "4": 45}}  # as JSON keeps it
     shipped, chosen = load_file(str(out)), load_file(str(files[3]))
     assert shipped.keys() == chosen.keys() and all(torch.equal(shipped[k], chosen[k]) for k in chosen)
-    assert (
-        ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, None)["steps"] == 4
-    )  # no reading: the full run
+    unread = ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, None)
+    assert unread["steps"] == 4  # no reading: the full run
     with pytest.raises(ValueError, match=r"candidates are \[2, 3, 4\]"):
         ship_candidate("kite", "attention", files, {"seconds": 9.0}, out, lambda n, k, f: (5, {}))
     files[2].unlink()
